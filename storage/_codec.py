@@ -1,0 +1,51 @@
+"""THE converter: every record and message crosses JSON through this one.
+
+``storage`` stores JSON text; ``actors`` encodes payloads and its public
+records (TaskInfo, TaskEvent) with the same converter, so there is exactly
+one place that decides how a value looks on disk and on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from cattrs.preconf.json import JsonConverter, make_converter
+
+T = TypeVar("T")
+
+converter: JsonConverter = make_converter(forbid_extra_keys=True)
+# frozensets of enums (TaskFilter.states) go to sorted lists for a stable form.
+converter.register_unstructure_hook(
+    frozenset, lambda value: sorted(converter.unstructure(v) for v in value)
+)
+
+
+def encode(value: Any) -> str:
+    """JSON text of a value (attrs classes and enums go through the converter).
+
+    Raises:
+        TypeError: the value has no JSON form.
+    """
+    try:
+        return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {exc}") from exc
+
+
+def decode(text: str, cls: type[T] | Any = Any) -> T | Any:
+    """Parse JSON text, structured as ``cls`` when given."""
+    raw = json.loads(text)
+    if cls is Any:
+        return raw
+    return converter.structure(raw, cls)
+
+
+def to_dict(value: Any) -> Any:
+    """The JSON-ready form of a value (dicts, lists, str, numbers, None)."""
+    return converter.unstructure(value)
+
+
+def from_dict(raw: Any, cls: type[T]) -> T:
+    """Structure a JSON-ready value as ``cls``."""
+    return converter.structure(raw, cls)

@@ -1,0 +1,246 @@
+"""Write commands: what the storage actor takes from its mailbox.
+
+Theory of operation
+-------------------
+Every change to a store is one of these frozen commands. The storage actor
+(``_writer.py``) drains whatever is waiting in its mailbox and hands the list
+to the backend's ``apply(commands, now)``, which applies them in order, each
+atomically, inside one transaction (group commit), and returns one outcome
+per command: the command's result, or the ``StorageError`` *instance* that
+refused it (a refused command changes nothing; the others still commit).
+``now`` is the runtime clock's time for the whole batch: event timestamps,
+TTLs and lease checks all use it, so backends never read a clock.
+
+A ``TaskWrite`` is the unit of a task actor's progress: state change,
+events, journal entries, result... land together or not at all, fenced by
+the actor's epoch and guarded by a compare-and-set on the state.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._records import (
+    ExceptionRecord,
+    NewEvent,
+    NodeRecord,
+    StoredEvent,
+    TaskRecord,
+    TaskState,
+    UsageRecord,
+)
+
+
+@attrs.frozen
+class CreateTask:
+    """Insert a task unless its id exists (idempotent submit).
+
+    Outcome: ``CreateResult``. ``record.last_seq`` is ignored: the events given
+    here become seq 1, 2, ... of the new task. ``record.epoch`` is stored as given.
+    """
+
+    record: TaskRecord
+    events: tuple[NewEvent, ...] = ()
+
+
+@attrs.frozen
+class CreateResult:
+    record: TaskRecord
+    #: False when the id existed (the existing record is returned, nothing changed).
+    created: bool
+    events: tuple[StoredEvent, ...] = ()
+
+
+@attrs.frozen
+class JournalWrite:
+    """A journal entry to record (replaces an entry at the same index)."""
+
+    index: int
+    kind: str
+    name: str
+    value: str
+    run: int
+
+
+@attrs.frozen
+class TaskWrite:
+    """An atomic, fenced update of one task.
+
+    Refused with ``RecordNotFoundError`` (no such task), ``StaleEpochError``
+    (``epoch`` given and the record's epoch differs, or its lease has expired
+    at ``now``), or ``ConflictError`` (``expect`` given and the state is not in it).
+    Outcome: ``TaskWriteResult``.
+    """
+
+    task_id: str
+    #: The writer's epoch; None for an unfenced write (an external cancel, an admin fix).
+    epoch: int | None = None
+    #: The states the task must be in; None: any.
+    expect: frozenset[TaskState] | None = None
+    #: New state, if it changes.
+    state: TaskState | None = None
+    events: tuple[NewEvent, ...] = ()
+    journal: tuple[JournalWrite, ...] = ()
+    #: Delete the journal entries recorded by this run (rollback).
+    discard_run: int | None = None
+    #: Inputs to append to the durable inbox (JSON text each).
+    inbox_add: tuple[str, ...] = ()
+    #: Inbox item ids consumed by this write.
+    inbox_consume: tuple[int, ...] = ()
+    #: Empty the inbox.
+    inbox_clear: bool = False
+    #: New input of the current run (JSON text).
+    input: str | None = None
+    #: New run number.
+    run: int | None = None
+    #: (done, total) progress.
+    progress: tuple[float, float | None] | None = None
+    #: Error text to set on the record.
+    error: str | None = None
+    #: Result JSON text (stored in the results table).
+    result: str | None = None
+    exception: ExceptionRecord | None = None
+    #: Usage reports; a report whose (task_id, key) exists is ignored.
+    usage: tuple[UsageRecord, ...] = ()
+    #: Clear owner and lease (the actor passivates or the node lets go).
+    release: bool = False
+
+
+@attrs.frozen
+class TaskWriteResult:
+    record: TaskRecord
+    events: tuple[StoredEvent, ...] = ()
+    #: Ids given to ``inbox_add`` items, in order.
+    inbox_ids: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class ClaimTask:
+    """Take ownership of a task: owner := node, lease := lease_until, epoch += 1.
+
+    Allowed when the task has no owner, is owned by ``node_id`` already (a
+    restart is a change of hands too), or its lease expired before ``now``.
+    Refused with ``LeaseHeldError``, ``RecordNotFoundError``, or ``ConflictError``
+    when ``states`` is given and the task is not in one of them.
+    Outcome: the claimed ``TaskRecord``.
+    """
+
+    task_id: str
+    node_id: str
+    lease_until: float
+    states: frozenset[TaskState] | None = None
+
+
+@attrs.frozen
+class RenewLeases:
+    """Extend the lease of the node and of every task it owns.
+
+    Outcome: the number of tasks renewed (int).
+    """
+
+    node_id: str
+    lease_until: float
+
+
+@attrs.frozen
+class ReleaseTasks:
+    """Clear owner and lease of the node's tasks (all of them when task_ids is None).
+
+    Outcome: the number of tasks released (int).
+    """
+
+    node_id: str
+    task_ids: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class RegisterNode:
+    """Insert or replace a node record. Outcome: None."""
+
+    node: NodeRecord
+
+
+@attrs.frozen
+class RemoveNode:
+    """Forget a node. Outcome: None."""
+
+    node_id: str
+
+
+@attrs.frozen
+class UpdateStatus:
+    """Set a task's state without fencing (the run store's ``update_status``).
+
+    Appends a ``state`` event. Outcome: the ``TaskWriteResult``, or None when no
+    such task exists (the store client turns that into the seed's bool).
+    """
+
+    task_id: str
+    status: TaskState
+    error: str | None = None
+
+
+@attrs.frozen
+class SetKeyState:
+    """Set a keyed state with a TTL in seconds (None: no expiry). Outcome: None."""
+
+    key: str
+    state: str
+    ttl: float | None = 3600
+
+
+@attrs.frozen
+class CompareAndSetKeyState:
+    """Set ``key`` to ``new_state`` if its current state equals ``expected_state``.
+
+    With ``negate``, if it does *not* equal it (a missing or expired key has
+    state None, which equals nothing). Outcome: bool, whether it was set.
+    """
+
+    key: str
+    new_state: str
+    expected_state: str
+    negate: bool = False
+    ttl: float | None = 3600
+
+
+@attrs.frozen
+class DeleteKeyState:
+    """Remove a keyed state. Outcome: None."""
+
+    key: str
+
+
+@attrs.frozen
+class SetWorkflowData:
+    """Set workflow_id/key to JSON text. Outcome: None."""
+
+    workflow_id: str
+    key: str
+    value: str
+
+
+@attrs.frozen
+class SetDeterministicValue:
+    """Set a deterministic value of a workflow (JSON text). Outcome: None."""
+
+    workflow_id: str
+    key: str
+    value: str
+
+
+Command = (
+    CreateTask
+    | TaskWrite
+    | ClaimTask
+    | RenewLeases
+    | ReleaseTasks
+    | RegisterNode
+    | RemoveNode
+    | UpdateStatus
+    | SetKeyState
+    | CompareAndSetKeyState
+    | DeleteKeyState
+    | SetWorkflowData
+    | SetDeterministicValue
+)

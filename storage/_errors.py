@@ -1,0 +1,77 @@
+"""Errors raised by the storage layer.
+
+::
+
+    StorageError
+    ├── StaleEpochError        a fenced write from an owner that lost the task
+    ├── ConflictError          a compare-and-set on a task's state failed
+    ├── RecordNotFoundError    the command names a task that does not exist
+    ├── StorageClosedError     the storage actor is closed (or died)
+    ├── BackendUnavailableError the backend cannot be reached or opened
+    ├── CorruptStoreError      the database is not a taskactors store / is damaged
+    └── SchemaVersionError     the database was made by a newer taskactors
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every storage error."""
+
+
+class StaleEpochError(StorageError):
+    """A write carried an epoch (or owner) that no longer owns the task."""
+
+    def __init__(self, task_id: str, epoch: int, current_epoch: int) -> None:
+        super().__init__(
+            f"write for task {task_id} refused: epoch {epoch} is stale "
+            f"(the task is at epoch {current_epoch})"
+        )
+        self.task_id = task_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+
+
+class ConflictError(StorageError):
+    """A compare-and-set on a task's state found another state."""
+
+    def __init__(self, task_id: str, expected: frozenset[str], actual: str) -> None:
+        want = "|".join(sorted(expected))
+        super().__init__(f"task {task_id} is {actual}, expected {want}")
+        self.task_id = task_id
+        self.expected = expected
+        self.actual = actual
+
+
+class RecordNotFoundError(StorageError):
+    """The command names a task that does not exist."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r} in the store")
+        self.task_id = task_id
+
+
+class StorageClosedError(StorageError):
+    """The storage actor is closed, or stopped because its backend broke."""
+
+
+class BackendUnavailableError(StorageError):
+    """The backend cannot be opened or reached."""
+
+
+class CorruptStoreError(StorageError):
+    """The database is damaged or is not a taskactors store."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is newer than this version of taskactors knows."""
+
+
+class LeaseHeldError(StorageError):
+    """A claim found the task owned by another node whose lease still holds."""
+
+    def __init__(self, task_id: str, owner: str, lease_expires: float) -> None:
+        super().__init__(f"task {task_id} is owned by node {owner!r} until {lease_expires:.3f}")
+        self.task_id = task_id
+        self.owner = owner
+        self.lease_expires = lease_expires

@@ -1,0 +1,45 @@
+"""``storage.open(url)``: pick a backend by URL and open a store on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from ._backend import Backend
+from ._clock import Clock
+from ._errors import BackendUnavailableError
+from ._store import Store, open_store
+
+
+def backend_from_url(url: str) -> Backend:
+    """The backend a URL names: ``memory://``, ``sqlite:///path`` (or ``sqlite://:memory:``).
+
+    Raises:
+        BackendUnavailableError: unknown scheme, or a backend this build lacks.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        from ._memory import MemoryBackend
+
+        return MemoryBackend()
+    if scheme == "sqlite":
+        from ._sqlite import SQLiteBackend
+
+        # sqlite:///tasks.db -> "tasks.db"; sqlite:////abs/tasks.db -> "/abs/tasks.db"
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise BackendUnavailableError(f"no database path in {url!r}")
+        return SQLiteBackend(path)
+    raise BackendUnavailableError(
+        f"unsupported store URL {url!r}: expected memory:// or sqlite:///path"
+    )
+
+
+@asynccontextmanager
+async def open(url: str, *, clock: Clock | None = None) -> AsyncIterator[Store]:  # noqa: A001
+    """Open the store a URL names for the duration of the block (see open_store)."""
+    async with open_store(backend_from_url(url), clock=clock) as store:
+        yield store
