@@ -35,7 +35,7 @@ from ._errors import StaleEpochError as StaleEpochError
 from ._errors import StorageClosedError as StorageClosedError
 from ._errors import StorageError as StorageError
 from ._open import backend_from_url as backend_from_url
-from ._open import open as open  # noqa: A004
+from ._open import open as open
 from ._records import ACTIVE_STATES as ACTIVE_STATES
 from ._records import INFLIGHT_STATES as INFLIGHT_STATES
 from ._records import TERMINAL_STATES as TERMINAL_STATES

@@ -72,7 +72,9 @@ class Backend(Protocol):
         ...
 
     # -- history and results ------------------------------------------------
-    def read_events(self, task_id: str, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
+    def read_events(
+        self, task_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
         """Events with seq > after, in seq order."""
         ...
 

@@ -30,7 +30,9 @@ def encode(value: Any) -> str:
     try:
         return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {exc}") from exc
+        raise TypeError(
+            f"value of type {type(value).__name__} is not JSON-serializable: {exc}"
+        ) from exc
 
 
 def decode(text: str, cls: type[T] | Any = Any) -> T | Any:

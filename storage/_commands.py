@@ -70,6 +70,13 @@ class TaskWrite:
     (``epoch`` given and the record's epoch differs, or its lease has expired
     at ``now``), or ``ConflictError`` (``expect`` given and the state is not in it).
     Outcome: ``TaskWriteResult``.
+
+    Within one write, ``discard_run`` applies before ``journal`` (a rollback
+    can record the new run's first entries), and ``inbox_consume`` and
+    ``inbox_clear`` apply before ``inbox_add`` (the added items survive).
+    ``updated_at`` becomes ``now`` unless the write carries no change (a bare
+    probe of ``epoch``/``expect``). ``usage`` reports are stored for
+    ``task_id`` whatever their own ``task_id`` says.
     """
 
     task_id: str

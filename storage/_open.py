@@ -13,10 +13,11 @@ from ._store import Store, open_store
 
 
 def backend_from_url(url: str) -> Backend:
-    """The backend a URL names: ``memory://``, ``sqlite:///path`` (or ``sqlite://:memory:``).
+    """The backend a URL names: ``memory://`` or ``sqlite:///path``.
 
     Raises:
-        BackendUnavailableError: unknown scheme, or a backend this build lacks.
+        BackendUnavailableError: unknown scheme, a backend this build lacks,
+            or ``sqlite://:memory:`` (use ``memory://`` for a throwaway store).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -39,7 +40,7 @@ def backend_from_url(url: str) -> Backend:
 
 
 @asynccontextmanager
-async def open(url: str, *, clock: Clock | None = None) -> AsyncIterator[Store]:  # noqa: A001
+async def open(url: str, *, clock: Clock | None = None) -> AsyncIterator[Store]:
     """Open the store a URL names for the duration of the block (see open_store)."""
     async with open_store(backend_from_url(url), clock=clock) as store:
         yield store

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import traceback as traceback_module
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -194,7 +194,7 @@ class Store:
         task_id: str,
         node_id: str,
         lease: float,
-        states: Sequence[TaskState] | None = None,
+        states: Iterable[TaskState] | None = None,
     ) -> TaskRecord:
         """Own a task for ``lease`` seconds; the epoch grows. See ClaimTask."""
         record: TaskRecord = await self.execute(
@@ -221,7 +221,9 @@ class Store:
 
     async def register_node(self, node_id: str, lease: float, info: Any = None) -> None:
         now = self.clock.now()
-        await self.execute(RegisterNode(NodeRecord(node_id, now, now + lease, _codec.encode(info or {}))))
+        await self.execute(
+            RegisterNode(NodeRecord(node_id, now, now + lease, _codec.encode(info or {})))
+        )
 
     async def remove_node(self, node_id: str) -> None:
         await self.execute(RemoveNode(node_id))
@@ -256,9 +258,7 @@ class Store:
         """The stored exception of a task, if any."""
         return await self._read(self.backend.get_exception, task_id)
 
-    async def set_exception(
-        self, task_id: str, exception: BaseException | ExceptionRecord
-    ) -> None:
+    async def set_exception(self, task_id: str, exception: BaseException | ExceptionRecord) -> None:
         """Store an exception for a task (unfenced): type, message, traceback."""
         if isinstance(exception, BaseException):
             exception = exception_record(exception)
@@ -318,7 +318,9 @@ class Store:
         text = await self._read(self.backend.get_workflow_data, workflow_id, key)
         return default if text is None else _codec.decode(text)
 
-    async def set_workflow_deterministic_value(self, workflow_id: str, key: str, value: Any) -> None:
+    async def set_workflow_deterministic_value(
+        self, workflow_id: str, key: str, value: Any
+    ) -> None:
         await self.execute(SetDeterministicValue(workflow_id, key, _codec.encode(value)))
 
     async def get_workflow_deterministic_value(self, workflow_id: str, key: str) -> Any:

@@ -60,6 +60,11 @@ class PendingWrite:
             raise self._outcome
         return self._outcome
 
+    async def wait_quietly(self) -> None:
+        """Wait (shielded) until the write is applied, without raising its error."""
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
+
     async def wait(self) -> object:
         """Wait until the write is applied; return its result or raise its error.
 

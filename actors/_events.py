@@ -1,0 +1,198 @@
+"""Live event fan-out: committed events to subscribers, never slowing a task.
+
+Theory of operation
+-------------------
+The storage actor calls ``EventHub.publish`` with each batch's events right
+after the batch commits (and before any writer is answered), so the hub only
+ever sees committed events, in commit order. Each subscriber has a ``Watch``:
+a bounded buffer that ``publish`` fills without waiting. A watch whose
+buffer is full is marked *lagged* and stops buffering: the task and the other
+subscribers never wait for it.
+
+``EventStream`` joins history and live events without a gap: it registers
+its watch first, then reads the history after ``after`` from the store, then
+drains the watch, skipping what it already yielded (an event committed
+between the two steps shows up in both; it is yielded once, by seq). A
+lagged stream either raises ``SubscriptionLagged(resume_after=last seq)``
+or, with ``resume_on_lag``, reads the missing events back from the store and
+goes on: either way nothing is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from storage import StoredEvent
+
+from ._errors import SubscriptionLagged
+from ._info import TaskEvent
+
+if TYPE_CHECKING:
+    from storage import Store
+
+
+class Watch:
+    """One subscriber's bounded buffer of live events."""
+
+    def __init__(
+        self, task_id: str | None, predicate: Callable[[StoredEvent], bool] | None, capacity: int
+    ) -> None:
+        self.task_id = task_id
+        self.predicate = predicate
+        self.capacity = capacity
+        self.buffer: collections.deque[StoredEvent] = collections.deque()
+        self.lagged = False
+        self._wakeup = trio.Event()
+
+    def offer(self, event: StoredEvent) -> None:
+        if self.lagged:
+            return
+        if self.predicate is not None and not self.predicate(event):
+            return
+        if len(self.buffer) >= self.capacity:
+            self.lagged = True
+            self.buffer.clear()
+        else:
+            self.buffer.append(event)
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Wait until something was offered since the last wait."""
+        if not self.buffer and not self.lagged:
+            await self._wakeup.wait()
+        self._wakeup = trio.Event()
+
+
+class EventHub:
+    """Fans committed events out to watches, by task and to global watches."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._by_task: dict[str, set[Watch]] = {}
+        self._global: set[Watch] = set()
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        """Offer committed events to every interested watch (never blocks)."""
+        by_task = self._by_task
+        everyone = self._global
+        for event in events:
+            watches = by_task.get(event.task_id)
+            if watches:
+                for watch in watches:
+                    watch.offer(event)
+            for watch in everyone:
+                watch.offer(event)
+
+    def watch(
+        self,
+        task_id: str | None,
+        predicate: Callable[[StoredEvent], bool] | None = None,
+        capacity: int | None = None,
+    ) -> Watch:
+        """Register a watch for one task, or for every task the predicate accepts."""
+        watch = Watch(task_id, predicate, capacity or self.capacity)
+        if task_id is None:
+            self._global.add(watch)
+        else:
+            self._by_task.setdefault(task_id, set()).add(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        if watch.task_id is None:
+            self._global.discard(watch)
+            return
+        watches = self._by_task.get(watch.task_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._by_task[watch.task_id]
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "task_watches": sum(len(w) for w in self._by_task.values()),
+            "global_watches": len(self._global),
+        }
+
+
+class EventStream:
+    """A task's events after ``after``: history, then live; ends after the terminal event.
+
+    Iterate with ``async for``. Made by ``Runtime.subscribe``, which closes it.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        store: Store,
+        task_id: str,
+        after: int = 0,
+        *,
+        capacity: int | None = None,
+        resume_on_lag: bool = False,
+    ) -> None:
+        self.task_id = task_id
+        #: Seq of the last event yielded.
+        self.last_seq = after
+        self._hub = hub
+        self._store = store
+        self._capacity = capacity
+        self._resume_on_lag = resume_on_lag
+        self._watch: Watch | None = None
+        self._backlog: collections.deque[StoredEvent] = collections.deque()
+        self._ended = False
+        self._closed = False
+
+    async def _open(self) -> None:
+        self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
+        self._backlog.extend(await self._store.read_events(self.task_id, self.last_seq))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._watch is not None:
+            self._hub.unwatch(self._watch)
+            self._watch = None
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        while True:
+            if self._ended or self._closed:
+                raise StopAsyncIteration
+            while self._backlog:
+                stored = self._backlog.popleft()
+                if stored.seq <= self.last_seq:
+                    continue
+                if stored.seq != self.last_seq + 1:
+                    # Only possible if events were lost upstream: refuse to paper over it.
+                    raise RuntimeError(
+                        f"gap in task {self.task_id} events: {self.last_seq} then {stored.seq}"
+                    )
+                self.last_seq = stored.seq
+                event = TaskEvent.from_stored(stored)
+                if event.terminal:
+                    self._ended = True
+                    self.close()
+                return event
+            watch = self._watch
+            assert watch is not None
+            if watch.lagged:
+                if not self._resume_on_lag:
+                    self.close()
+                    raise SubscriptionLagged(self.task_id, self.last_seq)
+                self._hub.unwatch(watch)
+                await self._open()
+                continue
+            if watch.buffer:
+                self._backlog.extend(watch.buffer)
+                watch.buffer.clear()
+                continue
+            await watch.wait()
+
+
+UNBOUNDED = math.inf

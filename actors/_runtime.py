@@ -1,0 +1,604 @@
+"""The runtime: open_runtime(app, store=...) and the Runtime API.
+
+Theory of operation
+-------------------
+The runtime is a node: it registers itself in the store, renews its lease
+and its tasks' leases on trio's clock, and scans for tasks it may own (its
+own after a restart, unowned ones, and those of nodes whose lease expired),
+claiming each (the epoch grows) and starting its actor. Every actor lives in
+the runtime's nursery; the table ``_actors`` maps task ids to live actors.
+
+A message for a task (send, signal, cancel) goes to its live actor, or
+revives it: claim, read its journal and inbox, start an actor, deliver. A
+finished task has no actor: the lifecycle answers for it directly.
+
+Leaving ``open_runtime`` cancels every actor (a running task stays
+``running`` in the store: its journal is its checkpoint), releases this
+node's leases so the next open resumes them at once, and closes the store if
+the runtime opened it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+
+import storage
+from storage import (
+    INFLIGHT_STATES,
+    TERMINAL_STATES,
+    ConflictError,
+    LeaseHeldError,
+    NewEvent,
+    RecordNotFoundError,
+    Store,
+    TaskRecord,
+    TaskState,
+    TaskWrite,
+    encode,
+)
+
+from ._actor import TaskActor
+from ._app import App
+from ._errors import (
+    ActorStoppedError,
+    RuntimeClosedError,
+    TaskCancelled,
+    TaskExists,
+    TaskFailed,
+    TaskNotFound,
+    TaskOwnedElsewhere,
+    UnknownTaskName,
+)
+from ._events import EventHub, EventStream
+from ._info import TaskEvent, TaskInfo
+from ._lifecycle import Command, Strategy, on_request, transition
+from ._messages import Ask, CancelTask, SendInput, SendSignal, Signal
+
+log = logging.getLogger("taskactors.runtime")
+
+S = TaskState
+
+
+class Runtime:
+    """A running taskactors node. Made by ``open_runtime``."""
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        node_id: str,
+        lease: float,
+        max_running: int | None,
+        subscriber_buffer: int,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.node_id = node_id
+        self.lease = lease
+        self.hub = EventHub(subscriber_buffer)
+        self._run_limiter = trio.CapacityLimiter(max_running) if max_running else None
+        self._actors: dict[str, TaskActor] = {}
+        self._starting: dict[str, trio.Event] = {}
+        #: Tasks in flight whose handler is not registered here (id -> record).
+        self.orphaned: dict[str, TaskRecord] = {}
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        self._closed = trio.Event()
+
+    # -- submitting ----------------------------------------------------------
+    async def submit(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        task_id: str | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        strategy: str | Strategy | None = None,
+    ) -> TaskInfo:
+        """Record a task as pending (durably), then start its actor.
+
+        A caller-chosen ``task_id`` makes submit idempotent: submitting an id
+        that exists returns the existing task unchanged.
+
+        Raises:
+            UnknownTaskName: no handler is registered under ``name``.
+            TaskExists: task_id belongs to another user's task.
+            TypeError: input or metadata is not JSON-serializable.
+            RuntimeClosedError: the runtime is closing.
+        """
+        return await self._submit(
+            name,
+            input,
+            task_id=task_id,
+            user_id=user_id,
+            thread_id=thread_id,
+            metadata=metadata,
+            strategy=strategy,
+        )
+
+    async def _submit(
+        self,
+        name: str,
+        input: Any,
+        *,
+        task_id: str | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        strategy: str | Strategy | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+    ) -> TaskInfo:
+        self._check_open()
+        spec = self.app.spec(name)
+        chosen = Strategy(strategy) if strategy is not None else spec.strategy
+        task_id = task_id or uuid.uuid4().hex
+        now = self.store.clock.now()
+        record = TaskRecord(
+            id=task_id,
+            name=name,
+            state=S.PENDING,
+            input=encode(input),
+            created_at=now,
+            updated_at=now,
+            user_id=user_id,
+            thread_id=thread_id,
+            parent_id=parent_id,
+            root_id=root_id or task_id,
+            metadata=encode(metadata or {}),
+            strategy=chosen.value,
+            owner=self.node_id,
+            lease_expires=now + self.lease,
+            epoch=1,
+        )
+        async with self._starting_guard(task_id):
+            event = NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
+            result = await self.store.put_task(record, (event,))
+            if not result.created:
+                existing = result.record
+                if user_id is not None and existing.user_id != user_id:
+                    raise TaskExists(task_id)
+                return TaskInfo.from_record(existing)
+            self._start_actor(result.record, (), ())
+        return TaskInfo.from_record(result.record)
+
+    # -- messages ------------------------------------------------------------
+    async def send(self, task_id: str, input: Any, *, user_id: str | None = None) -> TaskInfo:
+        """Send a Request (new input) to a task; what it does depends on the
+        task's state and strategy (answer an ask, queue, interrupt, ...).
+
+        Raises:
+            TaskNotFound, RequestRejected, InvalidTransition (finished task),
+            TaskOwnedElsewhere, TypeError (input not JSON-serializable).
+        """
+        encode(input)
+        return await self._deliver(task_id, user_id, lambda: SendInput(input))
+
+    async def signal(
+        self, task_id: str, signal: Signal | str, *, user_id: str | None = None
+    ) -> TaskInfo:
+        """Send STOP, PAUSE or RESUME to a task.
+
+        PAUSE takes effect at the handler's next safe point (the returned
+        info may still say running); PAUSE of a paused task is a no-op.
+
+        Raises:
+            TaskNotFound, InvalidTransition (e.g. RESUME of a running task),
+            TaskOwnedElsewhere.
+        """
+        chosen = Signal(signal)
+        return await self._deliver(task_id, user_id, lambda: SendSignal(chosen))
+
+    async def cancel(
+        self, task_id: str, *, reason: str | None = None, user_id: str | None = None
+    ) -> TaskInfo:
+        """Cancel a task and its children; recorded before this returns.
+
+        The handler is cancelled at once, inside its current step. Cancel of a
+        cancelled task is a no-op.
+
+        Raises:
+            TaskNotFound; NotCancelable: the task completed, failed or was rejected.
+        """
+        return await self._deliver(task_id, user_id, lambda: CancelTask(reason))
+
+    async def _deliver(
+        self, task_id: str, user_id: str | None, make: Callable[[], Ask]
+    ) -> TaskInfo:
+        self._check_open()
+        await self._load(task_id, user_id)
+        for _ in range(8):
+            try:
+                actor = await self._actor_for(task_id)
+            except LeaseHeldError as exc:
+                message = make()
+                if isinstance(message, CancelTask):
+                    return await self._cancel_remote(task_id, message.reason)
+                raise TaskOwnedElsewhere(task_id, exc.owner) from None
+            if actor is None:
+                return self._answer_finished(await self._load(task_id, user_id), make())
+            message = make()
+            try:
+                actor.send_nowait(message)
+            except trio.ClosedResourceError:
+                await actor.stopped.wait()
+                continue
+            try:
+                info: TaskInfo = await message.reply.wait()
+            except ActorStoppedError:
+                self._check_open()
+                await actor.stopped.wait()
+                continue
+            return info
+        raise ActorStoppedError(f"task {task_id}: its actor kept stopping; try again")
+
+    def _answer_finished(self, record: TaskRecord, message: Ask) -> TaskInfo:
+        """What the lifecycle says to a message for a task with no actor (finished)."""
+        if isinstance(message, CancelTask):
+            transition(record.state, Command.CANCEL, record.id)
+        elif isinstance(message, SendSignal):
+            command = {
+                Signal.PAUSE: Command.PAUSE,
+                Signal.RESUME: Command.RESUME,
+                Signal.STOP: Command.STOP,
+            }[message.signal]
+            transition(record.state, command, record.id)
+        elif isinstance(message, SendInput):
+            on_request(record.state, Strategy(record.strategy), record.id)
+        return TaskInfo.from_record(record)
+
+    async def _cancel_remote(self, task_id: str, reason: str | None) -> TaskInfo:
+        """Cancel a task another live node runs: an unfenced compare-and-set.
+
+        The owner's actor is refused at its next write and stops.
+        """
+        while True:
+            record = await self._load(task_id, None)
+            if transition(record.state, Command.CANCEL, task_id) is record.state:
+                return TaskInfo.from_record(record)
+            data: dict[str, Any] = {"from": record.state.value, "to": S.CANCELLED.value}
+            if reason:
+                data["reason"] = reason
+            try:
+                result = await self.store.write(
+                    TaskWrite(
+                        task_id,
+                        expect=frozenset({record.state}),
+                        state=S.CANCELLED,
+                        events=(NewEvent("state", encode(data)),),
+                        inbox_clear=True,
+                    )
+                )
+            except ConflictError:
+                continue
+            await self.store.publish_event(f"taskactors.cancel.{task_id}", reason or "")
+            await self._cancel_children(task_id)
+            return TaskInfo.from_record(result.record)
+
+    # -- reading ---------------------------------------------------------------
+    async def _load(self, task_id: str, user_id: str | None) -> TaskRecord:
+        record = await self.store.get_task(task_id)
+        if record is None or (user_id is not None and record.user_id != user_id):
+            raise TaskNotFound(task_id)
+        return record
+
+    async def get(self, task_id: str, *, user_id: str | None = None) -> TaskInfo:
+        """The task's current info.
+
+        Raises:
+            TaskNotFound: no such task (or it belongs to another user).
+        """
+        return TaskInfo.from_record(await self._load(task_id, user_id))
+
+    async def list(
+        self,
+        *,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+        states: Iterable[TaskState | str] | None = None,
+        parent_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskInfo]:
+        """Tasks matching every given filter, oldest first."""
+        records = await self.store.list_tasks(
+            user_id=user_id,
+            thread_id=thread_id,
+            parent_id=parent_id,
+            states=[TaskState(s) for s in states] if states is not None else None,
+            name=name,
+            limit=limit,
+        )
+        return [TaskInfo.from_record(r) for r in records]
+
+    async def history(
+        self, task_id: str, *, after: int = 0, limit: int | None = None, user_id: str | None = None
+    ) -> builtins.list[TaskEvent]:
+        """The task's committed events with seq > after, in order."""
+        await self._load(task_id, user_id)
+        events = await self.store.read_events(task_id, after, limit)
+        return [TaskEvent.from_stored(e) for e in events]
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        task_id: str,
+        *,
+        after: int = 0,
+        user_id: str | None = None,
+        buffer: int | None = None,
+        resume_on_lag: bool = False,
+    ) -> AsyncIterator[EventStream]:
+        """Watch a task's events: seq after+1, after+2, ... (history, then live).
+
+        Iteration ends after the terminal event (at once for a finished task
+        whose history is replayed). A subscriber that falls ``buffer`` events
+        behind gets ``SubscriptionLagged(resume_after=N)`` (subscribe again
+        with after=N), or with ``resume_on_lag`` reads the gap back from the
+        store; it never slows the task or the other subscribers.
+
+        Raises:
+            TaskNotFound: no such task (or it belongs to another user).
+        """
+        await self._load(task_id, user_id)
+        stream = EventStream(
+            self.hub, self.store, task_id, after, capacity=buffer, resume_on_lag=resume_on_lag
+        )
+        try:
+            await stream._open()
+            yield stream
+        finally:
+            stream.close()
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        user_id: str | None = None,
+        states: Iterable[TaskState | str] | None = None,
+    ) -> TaskInfo:
+        """Wait until the task is in one of ``states`` (default: finished)."""
+        wanted = frozenset(TaskState(s) for s in states) if states is not None else TERMINAL_STATES
+        record = await self._load(task_id, user_id)
+        if record.state in wanted or record.state.terminal:
+            return TaskInfo.from_record(record)
+        async with self.subscribe(task_id, after=record.last_seq, resume_on_lag=True) as events:
+            async for event in events:
+                if event.kind == "state" and TaskState(event.data["to"]) in wanted:
+                    break
+        return await self.get(task_id)
+
+    async def result(self, task_id: str, *, user_id: str | None = None) -> Any:
+        """Wait for the task to finish and return its result.
+
+        Raises:
+            TaskFailed: it failed (carries the original type name, message, traceback).
+            TaskCancelled: it was cancelled or rejected.
+            TaskNotFound: no such task (or it belongs to another user).
+        """
+        info = await self.wait(task_id, user_id=user_id)
+        if info.state is S.COMPLETED:
+            return await self.store.get_result(task_id)
+        if info.state is S.FAILED:
+            stored = await self.store.get_exception(task_id)
+            if stored is None:
+                raise TaskFailed(task_id, "Error", info.error or "failed")
+            raise TaskFailed.from_record(task_id, stored)
+        raise TaskCancelled(task_id, info.error)
+
+    async def usage(self, thread_id: str, *, include_active: bool = False) -> dict[str, Any]:
+        """Token usage of a thread (see Store.aggregate_tokens_by_thread)."""
+        return await self.store.aggregate_tokens_by_thread(thread_id, include_active)
+
+    def statistics(self) -> dict[str, Any]:
+        """Live actors, orphaned tasks, store batches and writes, watches."""
+        return {
+            "actors": len(self._actors),
+            "orphaned": len(self.orphaned),
+            **self.store.statistics(),
+            **self.hub.statistics(),
+        }
+
+    # -- actors ------------------------------------------------------------------
+    @asynccontextmanager
+    async def _starting_guard(self, task_id: str) -> AsyncIterator[None]:
+        while task_id in self._starting:
+            await self._starting[task_id].wait()
+        event = trio.Event()
+        self._starting[task_id] = event
+        try:
+            yield
+        finally:
+            del self._starting[task_id]
+            event.set()
+
+    async def _actor_for(self, task_id: str) -> TaskActor | None:
+        """The live actor of a task, reviving it if needed; None if it is finished.
+
+        Raises:
+            LeaseHeldError: another live node owns the task.
+        """
+        while True:
+            actor = self._actors.get(task_id)
+            if actor is not None:
+                return actor
+            if task_id in self._starting:
+                await self._starting[task_id].wait()
+                continue
+            async with self._starting_guard(task_id):
+                return await self._revive(task_id)
+
+    async def _revive(self, task_id: str) -> TaskActor | None:
+        record = await self.store.get_task(task_id)
+        if record is None:
+            raise TaskNotFound(task_id)
+        if record.state.terminal:
+            return None
+        if record.name not in self.app:
+            self.orphaned[task_id] = record
+            raise UnknownTaskName(record.name)
+        try:
+            record = await self.store.claim_task(task_id, self.node_id, self.lease, INFLIGHT_STATES)
+        except ConflictError:
+            return None  # it finished meanwhile
+        journal = await self.store.read_journal(task_id)
+        inbox = await self.store.list_inbox(task_id)
+        return self._start_actor(record, journal, inbox)
+
+    def _start_actor(self, record: TaskRecord, journal: Any, inbox: Any) -> TaskActor:
+        assert self._nursery is not None
+        actor = TaskActor(self, self.app.spec(record.name), record, journal, inbox)
+        self._actors[record.id] = actor
+        self._nursery.start_soon(actor.serve)
+        return actor
+
+    def _forget(self, actor: TaskActor) -> None:
+        if self._actors.get(actor.task_id) is actor:
+            del self._actors[actor.task_id]
+
+    def _actor_crashed(self, actor: TaskActor) -> None:
+        if self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._release_quietly, actor.task_id)
+
+    async def _release_quietly(self, task_id: str) -> None:
+        try:
+            await self.store.release_tasks(self.node_id, [task_id])
+        except storage.StorageError:
+            log.exception("task %s: could not release it after its actor crashed", task_id)
+
+    async def _cancel_children(self, task_id: str) -> None:
+        children = await self.store.list_tasks(parent_id=task_id, states=list(INFLIGHT_STATES))
+        for child in children:
+            try:
+                await self.cancel(child.id, reason=f"parent {task_id} ended")
+            except (TaskNotFound, RuntimeClosedError, ActorStoppedError, TaskOwnedElsewhere):
+                pass
+            except Exception:
+                log.exception("task %s: could not cancel child %s", task_id, child.id)
+
+    # -- node duties ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeClosedError("the runtime is closing")
+
+    async def _scan(self) -> None:
+        """Claim and start every task this node may own and does not run yet."""
+        for record in await self.store.list_claimable(self.node_id):
+            if self._closing:
+                return
+            if record.id in self._actors or record.id in self._starting:
+                continue
+            if record.name not in self.app:
+                if record.id not in self.orphaned:
+                    log.warning(
+                        "task %s: no handler named %r here; left as it is", record.id, record.name
+                    )
+                self.orphaned[record.id] = record
+                continue
+            try:
+                await self._actor_for(record.id)
+            except (LeaseHeldError, TaskNotFound, UnknownTaskName, RecordNotFoundError):
+                continue
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await trio.sleep(self.lease / 3)
+            try:
+                await self.store.renew_leases(self.node_id, self.lease)
+            except storage.StorageError:
+                log.exception("could not renew leases")
+
+    async def _scan_loop(self) -> None:
+        while True:
+            await trio.sleep(self.lease / 2)
+            try:
+                await self._scan()
+            except storage.StorageError:
+                log.exception("could not scan for tasks to own")
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        remove_listener = self.store.add_commit_listener(self.hub.publish)
+        try:
+            await self.store.register_node(self.node_id, self.lease, {"kind": "taskactors"})
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._scan()
+                nursery.start_soon(self._renew_loop)
+                nursery.start_soon(self._scan_loop)
+                task_status.started()
+                await self._closed.wait()
+                self._closing = True
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closing = True
+            remove_listener()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.release_tasks(self.node_id)
+                    await self.store.remove_node(self.node_id)
+                except storage.StorageError:
+                    log.exception("could not release this node's tasks on close")
+
+    def _close(self) -> None:
+        self._closing = True
+        self._closed.set()
+
+
+@asynccontextmanager
+async def open_runtime(
+    app: App,
+    store: str | Store = "memory://",
+    *,
+    node_id: str | None = None,
+    lease: float = 30.0,
+    max_running: int | None = None,
+    subscriber_buffer: int = 4096,
+) -> AsyncIterator[Runtime]:
+    """Run a taskactors node for the duration of the block.
+
+    On opening, every in-flight task this node owns (or that no live node
+    owns) resumes from its journal. On leaving (normally, by an exception or
+    by cancellation), every actor is cancelled, running tasks stay
+    ``running`` in the store with their journal, leases are released and the
+    store is closed if it was given as a URL.
+
+    Args:
+        app: the handlers.
+        store: a store URL (``memory://``, ``sqlite:///path``) or an open Store.
+        node_id: this node's name; runtimes sharing a store need distinct ones.
+            The default, the host name, lets a restarted process on the same
+            host take its tasks back at once.
+        lease: seconds a node owns its tasks without renewing (renewed every lease/3).
+        max_running: at most this many handler runs at once (others wait, pending).
+        subscriber_buffer: events a subscriber may fall behind before it lags.
+    """
+    async with AsyncExitStack() as stack:
+        if isinstance(store, str):
+            store = await stack.enter_async_context(storage.open(store))
+        runtime = Runtime(
+            app,
+            store,
+            node_id=node_id or socket.gethostname(),
+            lease=lease,
+            max_running=max_running,
+            subscriber_buffer=subscriber_buffer,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime._serve)
+            try:
+                yield runtime
+            finally:
+                runtime._close()
