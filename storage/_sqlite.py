@@ -1,0 +1,570 @@
+"""SQLiteBackend: the embedded store, on the stdlib ``sqlite3`` module.
+
+Theory of operation
+-------------------
+Writes: one writer connection, made by ``open`` and used only by ``apply``,
+which the storage actor calls from its single worker thread, one batch at a
+time (a lock makes that an invariant rather than a hope, so
+``check_same_thread=False`` is safe). A batch is one ``BEGIN IMMEDIATE ...
+COMMIT`` transaction: one fsync for everything in it (group commit). Each
+command runs inside its own SAVEPOINT; a command refused with a
+``StorageError`` is rolled back to it and becomes that command's outcome,
+and the batch goes on. Anything else that fails (a driver error, the COMMIT
+itself) rolls the whole transaction back and raises: then no command of the
+batch is applied, and the storage actor fails every write of the batch.
+
+Reads: separate connections, taken from a small pool for one read and given
+back, so a connection is only ever used by one thread at a time and the pool
+holds no more connections than reads that ran at once (the store client
+runs at most four). In WAL mode a reader sees the last committed state and
+never waits for the writer, so reads go on while a long batch is written.
+Reader connections are ``query_only``.
+
+Errors: ``sqlite3`` errors are mapped where they leave this module: a file
+that is not a database or is damaged gives ``CorruptStoreError``; a database
+locked beyond ``busy_timeout``, or a path that cannot be opened, gives
+``BackendUnavailableError``; the ``sqlite3`` error is the ``__cause__``.
+Errors that can only come from a bug (a constraint failed, a parameter of
+the wrong type) are not mapped.
+
+The schema and its migrations are in ``_sqlite_schema.py``, the SQL of each
+command in ``_sqlite_commands.py``. Rows map to records through the one
+converter (``_codec.converter``): the columns are named after the records'
+fields.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from typing import Any, TypeVar
+
+from ._codec import converter
+from ._commands import Command
+from ._errors import (
+    BackendUnavailableError,
+    CorruptStoreError,
+    SchemaVersionError,
+    StorageClosedError,
+    StorageError,
+)
+from ._records import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    ExceptionRecord,
+    InboxItem,
+    JournalEntry,
+    NodeRecord,
+    StoredEvent,
+    TaskFilter,
+    TaskRecord,
+    TaskState,
+)
+from ._sqlite_commands import TASK_COLUMNS, apply_command, columns, key_state, select_task
+from ._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
+
+_JOURNAL_MODES = frozenset({"wal", "delete", "truncate", "persist"})
+#: PRAGMA synchronous levels by name, and their numbers as SQLite reports them.
+_SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+_EVENT_COLUMNS = columns(StoredEvent)
+_JOURNAL_COLUMNS = columns(JournalEntry)
+_INBOX_COLUMNS = columns(InboxItem)
+_EXCEPTION_COLUMNS = columns(ExceptionRecord)
+_NODE_COLUMNS = columns(NodeRecord)
+
+_ACTIVE = ", ".join(f"'{state.value}'" for state in sorted(ACTIVE_STATES, key=lambda s: s.value))
+_TERMINAL = ", ".join(
+    f"'{state.value}'" for state in sorted(TERMINAL_STATES, key=lambda s: s.value)
+)
+_OLDEST_FIRST = "ORDER BY created_at, id"
+
+
+def _rollback_quietly(connection: sqlite3.Connection) -> None:
+    # Called while another error propagates: that error is the one to report.
+    # A rollback that fails leaves the transaction open; the next batch
+    # rolls it back before it begins.
+    with suppress(sqlite3.Error):
+        if connection.in_transaction:
+            connection.rollback()
+
+
+class SQLiteBackend:
+    """A store in one SQLite file; see the module docstring.
+
+    Args:
+        path: the database file; it is created (with its schema) if missing.
+        journal_mode: ``"wal"`` (the default: readers never wait for the
+            writer), or ``"delete"``, ``"truncate"``, ``"persist"``.
+        synchronous: ``"full"`` (the default: a committed batch survives a
+            power loss), or ``"extra"``, ``"normal"``, ``"off"``.
+        busy_timeout: seconds a connection waits for a lock held by another
+            process before the operation fails with BackendUnavailableError.
+        max_idle_readers: reader connections kept open between reads.
+
+    Raises:
+        BackendUnavailableError: ``:memory:`` or an empty path (each reader
+            connection would see its own empty database), or an unknown option.
+    """
+
+    blocking: bool = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        journal_mode: str = "wal",
+        synchronous: str = "full",
+        busy_timeout: float = 5.0,
+        max_idle_readers: int = 4,
+    ) -> None:
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:"):
+            raise BackendUnavailableError(
+                f"SQLite path {self.path!r} is not supported: readers use their own "
+                "connections, which would each see a different empty database; "
+                "use a file path, or memory:// for a throwaway store"
+            )
+        if journal_mode.lower() not in _JOURNAL_MODES:
+            raise BackendUnavailableError(
+                f"journal_mode {journal_mode!r} is not one of {sorted(_JOURNAL_MODES)}"
+            )
+        if synchronous.lower() not in _SYNCHRONOUS:
+            raise BackendUnavailableError(
+                f"synchronous {synchronous!r} is not one of {sorted(_SYNCHRONOUS)}"
+            )
+        self.journal_mode = journal_mode.lower()
+        self.synchronous = synchronous.lower()
+        self.busy_timeout = busy_timeout
+        self.max_idle_readers = max_idle_readers
+        # _lock guards _writer and _idle_readers; _write_lock serializes every
+        # use of the writer connection (apply, pragmas, close).
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._idle_readers: list[sqlite3.Connection] = []
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"
+
+    # -- errors --------------------------------------------------------------
+    def _translate(self, exc: sqlite3.Error, doing: str) -> StorageError:
+        code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_ERROR) & 0xFF
+        if code in _CORRUPT_CODES:
+            return CorruptStoreError(
+                f"cannot {doing} {self.path}: it is not a taskactors store or it is damaged ({exc})"
+            )
+        if code in _LOCKED_CODES:
+            return BackendUnavailableError(
+                f"cannot {doing} {self.path}: the database is locked by another connection "
+                f"(waited busy_timeout={self.busy_timeout}s): {exc}"
+            )
+        return BackendUnavailableError(f"cannot {doing} {self.path}: {exc}")
+
+    @contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # a bug in this module, not a state of the database
+        except sqlite3.Error as exc:
+            raise self._translate(exc, doing) from exc
+
+    # -- connections -----------------------------------------------------------
+    def _connect(self, *, reader: bool) -> sqlite3.Connection:
+        with self._mapped("open"):
+            # isolation_level=None: no implicit transactions; apply and the
+            # migrations issue BEGIN IMMEDIATE / COMMIT themselves.
+            connection = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        with ExitStack() as on_error, self._mapped("open"):
+            on_error.callback(connection.close)
+            connection.row_factory = sqlite3.Row
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if reader:
+                connection.execute("PRAGMA query_only = ON")
+            on_error.pop_all()
+        return connection
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        writer = self._writer
+        if writer is None:
+            raise StorageClosedError(f"the SQLite store {self.path} is not open")
+        return writer
+
+    def _take_reader(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._writer is None:
+                raise StorageClosedError(f"the SQLite store {self.path} is not open")
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self._connect(reader=True)
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        with self._lock:
+            if (
+                self._writer is not None
+                and not connection.in_transaction
+                and len(self._idle_readers) < self.max_idle_readers
+            ):
+                self._idle_readers.append(connection)
+                return
+        connection.close()
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._take_reader()
+        try:
+            with self._mapped("read"):
+                return fn(connection)
+        finally:
+            self._give_back(connection)
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> None:
+        """Connect, set the journal mode, create or migrate the schema.
+
+        Opening an open backend does nothing; a closed one may be opened again.
+
+        Raises:
+            BackendUnavailableError: the file cannot be opened or created, or
+                is locked beyond busy_timeout, or refuses the journal mode.
+            CorruptStoreError: the file is not a taskactors store, or is damaged.
+            SchemaVersionError: the store was made by a newer taskactors.
+        """
+        with self._lock:
+            if self._writer is not None:
+                return
+        writer = self._connect(reader=False)
+        with ExitStack() as on_error, self._mapped("open"):
+            on_error.callback(writer.close)
+            (mode,) = writer.execute(f"PRAGMA journal_mode = {self.journal_mode}").fetchone()
+            if str(mode).lower() != self.journal_mode:
+                raise BackendUnavailableError(
+                    f"cannot open {self.path}: SQLite refused journal_mode={self.journal_mode} "
+                    f"(the database is in {mode} mode)"
+                )
+            self._migrate(writer)
+            on_error.pop_all()
+        with self._lock:
+            self._writer = writer
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        committed = False
+        try:
+            (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            if application_id not in (0, APPLICATION_ID):
+                raise CorruptStoreError(
+                    f"{self.path} is not a taskactors store "
+                    f"(it belongs to the application {application_id:#x})"
+                )
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has schema version {version}, newer than version "
+                    f"{SCHEMA_VERSION} that this taskactors knows: open it with a newer taskactors"
+                )
+            if version == 0 and connection.execute("SELECT 1 FROM sqlite_master").fetchone():
+                raise CorruptStoreError(
+                    f"{self.path} is not a taskactors store "
+                    "(it is an SQLite database with tables but no schema version)"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            if version != SCHEMA_VERSION:
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if application_id != APPLICATION_ID:
+                connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            connection.execute("COMMIT")
+            committed = True
+        finally:
+            if not committed:
+                _rollback_quietly(connection)
+
+    def close(self) -> None:
+        """Close every connection. Idempotent.
+
+        A batch being applied finishes first; a read in progress keeps its
+        connection until it ends, then closes it.
+        """
+        with self._lock:
+            writer, self._writer = self._writer, None
+            idle, self._idle_readers = self._idle_readers, []
+        with self._mapped("close"):
+            for connection in idle:
+                connection.close()
+            if writer is not None:
+                with self._write_lock:
+                    writer.close()
+
+    def pragmas(self) -> dict[str, Any]:
+        """The settings in force on the writer connection, as SQLite reports them.
+
+        Returns:
+            ``journal_mode`` and ``synchronous`` (names, lower case),
+            ``busy_timeout`` (seconds) and ``user_version`` (the schema version).
+
+        Raises:
+            StorageClosedError: the backend is not open.
+        """
+        with self._write_lock, self._mapped("read the settings of"):
+            connection = self._writer_connection()
+            (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+            (level,) = connection.execute("PRAGMA synchronous").fetchone()
+            (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        names = {number: name for name, number in _SYNCHRONOUS.items()}
+        return {
+            "journal_mode": str(mode).lower(),
+            "synchronous": names.get(level, str(level)),
+            "busy_timeout": timeout / 1000,
+            "user_version": version,
+        }
+
+    # -- writes --------------------------------------------------------------
+    def apply(self, commands: Sequence[Command], now: float) -> list[object]:
+        """Apply commands in order, in one transaction; one outcome per command.
+
+        See ``Backend.apply`` and the module docstring.
+
+        Raises:
+            BackendUnavailableError: the batch failed (locked, disk full, I/O);
+                nothing of it is applied.
+            CorruptStoreError: the database is damaged.
+            StorageClosedError: the backend is not open.
+        """
+        if not commands:
+            return []
+        with self._write_lock, self._mapped(f"write a batch of {len(commands)} commands to"):
+            connection = self._writer_connection()
+            if connection.in_transaction:
+                connection.rollback()  # left open by a batch whose rollback failed
+            connection.execute("BEGIN IMMEDIATE")
+            committed = False
+            try:
+                outcomes = [self._apply_one(connection, command, now) for command in commands]
+                connection.execute("COMMIT")
+                committed = True
+            finally:
+                if not committed:
+                    _rollback_quietly(connection)
+        return outcomes
+
+    def _apply_one(self, connection: sqlite3.Connection, command: Command, now: float) -> object:
+        connection.execute("SAVEPOINT command")
+        try:
+            outcome = apply_command(connection, command, now)
+        except StorageError as exc:
+            connection.execute("ROLLBACK TO command")
+            outcome = exc
+        connection.execute("RELEASE command")
+        return outcome
+
+    # -- reads: tasks ------------------------------------------------------------
+    def _tasks(self, sql: str, parameters: Sequence[object] = ()) -> list[TaskRecord]:
+        def query(connection: sqlite3.Connection) -> list[TaskRecord]:
+            rows = connection.execute(sql, parameters).fetchall()
+            return [converter.structure(dict(row), TaskRecord) for row in rows]
+
+        return self._read(query)
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        return self._read(lambda connection: select_task(connection, task_id))
+
+    def list_tasks(self, query: TaskFilter) -> list[TaskRecord]:
+        """Tasks matching the filter, oldest first (created_at, then id)."""
+        where: list[str] = []
+        parameters: list[object] = []
+        for column, value in (
+            ("user_id", query.user_id),
+            ("thread_id", query.thread_id),
+            ("parent_id", query.parent_id),
+            ("name", query.name),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                parameters.append(value)
+        if query.states is not None:
+            if not query.states:
+                return []
+            where.append(f"state IN ({', '.join('?' * len(query.states))})")
+            parameters.extend(sorted(state.value for state in query.states))
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" {_OLDEST_FIRST}"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            parameters.append(max(query.limit, 0))  # SQLite reads LIMIT -1 as "no limit"
+        return self._tasks(sql, parameters)
+
+    def list_pending(self) -> list[TaskRecord]:
+        """Tasks in state pending, oldest first."""
+        return self._tasks(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = ? {_OLDEST_FIRST}",
+            (TaskState.PENDING.value,),
+        )
+
+    def list_inflight(self) -> list[TaskRecord]:
+        """Tasks in state pending or running, oldest first."""
+        return self._tasks(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({_ACTIVE}) {_OLDEST_FIRST}"
+        )
+
+    def list_claimable(self, node_id: str, now: float) -> list[TaskRecord]:
+        """Pending or running tasks with no owner, owned by node_id, or whose
+        lease expired before now; oldest first."""
+        return self._tasks(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({_ACTIVE})"
+            " AND (owner IS NULL OR owner = ? OR lease_expires IS NULL OR lease_expires < ?)"
+            f" {_OLDEST_FIRST}",
+            (node_id, now),
+        )
+
+    # -- reads: history and results ------------------------------------------------
+    def read_events(
+        self, task_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events with seq > after, in seq order."""
+
+        def query(connection: sqlite3.Connection) -> list[StoredEvent]:
+            rows = connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events"
+                " WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (task_id, after, -1 if limit is None else max(limit, 0)),
+            ).fetchall()
+            return [converter.structure(dict(row), StoredEvent) for row in rows]
+
+        return self._read(query)
+
+    def get_result(self, task_id: str) -> str | None:
+        def query(connection: sqlite3.Connection) -> str | None:
+            row = connection.execute(
+                "SELECT value FROM results WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._read(query)
+
+    def get_exception(self, task_id: str) -> ExceptionRecord | None:
+        def query(connection: sqlite3.Connection) -> ExceptionRecord | None:
+            row = connection.execute(
+                f"SELECT {_EXCEPTION_COLUMNS} FROM exceptions WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            return None if row is None else converter.structure(dict(row), ExceptionRecord)
+
+        return self._read(query)
+
+    def read_journal(self, task_id: str) -> list[JournalEntry]:
+        """Journal entries in index order."""
+
+        def query(connection: sqlite3.Connection) -> list[JournalEntry]:
+            rows = connection.execute(
+                f'SELECT {_JOURNAL_COLUMNS} FROM journal WHERE task_id = ? ORDER BY "index"',
+                (task_id,),
+            ).fetchall()
+            return [converter.structure(dict(row), JournalEntry) for row in rows]
+
+        return self._read(query)
+
+    def list_inbox(self, task_id: str) -> list[InboxItem]:
+        """Inbox items in id order."""
+
+        def query(connection: sqlite3.Connection) -> list[InboxItem]:
+            rows = connection.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            return [converter.structure(dict(row), InboxItem) for row in rows]
+
+        return self._read(query)
+
+    # -- reads: keyed state, workflow data, deterministic values -----------------------
+    def get_key_state(self, key: str, now: float) -> str | None:
+        """The state of key, None if missing or expired at now."""
+        return self._read(lambda connection: key_state(connection, key, now))
+
+    def _value(self, table: str, workflow_id: str, key: str) -> str | None:
+        def query(connection: sqlite3.Connection) -> str | None:
+            row = connection.execute(
+                f"SELECT value FROM {table} WHERE workflow_id = ? AND key = ?", (workflow_id, key)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._read(query)
+
+    def get_workflow_data(self, workflow_id: str, key: str) -> str | None:
+        return self._value("workflow_data", workflow_id, key)
+
+    def get_deterministic_value(self, workflow_id: str, key: str) -> str | None:
+        return self._value("deterministic_values", workflow_id, key)
+
+    # -- reads: usage and nodes ------------------------------------------------------
+    def aggregate_tokens_by_thread(self, thread_id: str, include_active: bool) -> dict[str, Any]:
+        """Token usage of a thread's tasks: keys total_tokens, total_input_tokens,
+        total_output_tokens, total_runs, by_model ({model: {"tokens", "runs"}}),
+        by_caller ({caller: tokens}). Only tasks in a terminal state count,
+        unless include_active. A usage report belongs to the thread its
+        ``thread_id`` names; a report without a caller counts as "unknown"."""
+        sql = (
+            "SELECT usage.task_id, usage.model, usage.caller,"
+            " usage.input_tokens, usage.output_tokens"
+            " FROM usage JOIN tasks ON tasks.id = usage.task_id"
+            " WHERE usage.thread_id = ?"
+        )
+        if not include_active:
+            sql += f" AND tasks.state IN ({_TERMINAL})"
+        # One statement, so the figures come from one snapshot.
+        rows = self._read(lambda connection: connection.execute(sql, (thread_id,)).fetchall())
+
+        total_input = total_output = 0
+        tasks: set[str] = set()
+        model_tokens: dict[str, int] = {}
+        model_tasks: dict[str, set[str]] = {}
+        by_caller: dict[str, int] = {}
+        for task_id, model, caller, input_tokens, output_tokens in rows:
+            tokens = input_tokens + output_tokens
+            total_input += input_tokens
+            total_output += output_tokens
+            tasks.add(task_id)
+            model_tokens[model] = model_tokens.get(model, 0) + tokens
+            model_tasks.setdefault(model, set()).add(task_id)
+            caller_name = caller if caller is not None else "unknown"
+            by_caller[caller_name] = by_caller.get(caller_name, 0) + tokens
+        return {
+            "total_tokens": total_input + total_output,
+            "total_input_tokens": total_input,
+            "total_output_tokens": total_output,
+            "total_runs": len(tasks),
+            "by_model": {
+                model: {"tokens": tokens, "runs": len(model_tasks[model])}
+                for model, tokens in model_tokens.items()
+            },
+            "by_caller": by_caller,
+        }
+
+    def list_nodes(self, now: float) -> list[NodeRecord]:
+        """Nodes whose lease holds at now, by start time then id."""
+
+        def query(connection: sqlite3.Connection) -> list[NodeRecord]:
+            rows = connection.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes"
+                " WHERE lease_expires >= ? ORDER BY started_at, node_id",
+                (now,),
+            ).fetchall()
+            return [converter.structure(dict(row), NodeRecord) for row in rows]
+
+        return self._read(query)

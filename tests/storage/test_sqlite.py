@@ -1,0 +1,510 @@
+"""What only the SQLite backend has: a file, a schema version, locks, threads.
+
+The behaviour every backend shares is in ``test_contract.py``; these tests
+check the SQLite side of it: pragmas, migrations, error mapping at the
+boundary, group commit atomicity, and readers that do not wait for the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import trio
+
+import storage
+from storage import (
+    BackendUnavailableError,
+    Command,
+    CorruptStoreError,
+    CreateResult,
+    CreateTask,
+    JournalWrite,
+    NewEvent,
+    RecordNotFoundError,
+    SchemaVersionError,
+    StaleEpochError,
+    StorageClosedError,
+    TaskRecord,
+    TaskState,
+    TaskWrite,
+    TaskWriteResult,
+    UsageRecord,
+    _sqlite,
+)
+from storage._sqlite import SQLiteBackend
+from storage._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+NOW = 1_000.0
+
+
+def make_task(task_id: str, *, thread_id: str | None = None) -> TaskRecord:
+    return TaskRecord(
+        id=task_id,
+        name="job",
+        state=TaskState.PENDING,
+        input='{"n":1}',
+        created_at=NOW,
+        updated_at=NOW,
+        thread_id=thread_id,
+        root_id=task_id,
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "tasks.db"
+
+
+@pytest.fixture
+def backend(path: Path) -> Iterator[SQLiteBackend]:
+    opened = SQLiteBackend(path)
+    opened.open()
+    yield opened
+    opened.close()
+
+
+def raw(path: Path) -> closing[sqlite3.Connection]:
+    """A connection of another "process", in autocommit mode."""
+    return closing(sqlite3.connect(path, isolation_level=None))
+
+
+def pragma(path: Path, name: str) -> object:
+    with raw(path) as connection:
+        return connection.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# -- settings ---------------------------------------------------------------------
+
+
+def test_a_new_store_is_in_wal_mode_with_synchronous_full(
+    backend: SQLiteBackend, path: Path
+) -> None:
+    assert backend.pragmas() == {
+        "journal_mode": "wal",
+        "synchronous": "full",
+        "busy_timeout": 5.0,
+        "user_version": SCHEMA_VERSION,
+    }
+    assert pragma(path, "journal_mode") == "wal"  # persistent: the file itself is in WAL mode
+
+
+def test_options_change_journal_mode_synchronous_and_busy_timeout(path: Path) -> None:
+    backend = SQLiteBackend(path, journal_mode="DELETE", synchronous="normal", busy_timeout=0.25)
+    backend.open()
+    try:
+        settings = backend.pragmas()
+    finally:
+        backend.close()
+    assert settings["journal_mode"] == "delete"
+    assert settings["synchronous"] == "normal"
+    assert settings["busy_timeout"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("journal_mode", "synchronous"), [("memory", "full"), ("wal", "sometimes")]
+)
+def test_unknown_options_are_refused(path: Path, journal_mode: str, synchronous: str) -> None:
+    with pytest.raises(BackendUnavailableError, match="is not one of"):
+        SQLiteBackend(path, journal_mode=journal_mode, synchronous=synchronous)
+
+
+@pytest.mark.parametrize("url", ["sqlite://:memory:", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_clearly(url: str) -> None:
+    with pytest.raises(BackendUnavailableError, match="memory:// for a throwaway store"):
+        storage.backend_from_url(url)
+
+
+def test_a_sqlite_url_names_an_absolute_path(path: Path) -> None:
+    backend = storage.backend_from_url(f"sqlite:///{path}")
+    assert isinstance(backend, SQLiteBackend)
+    assert backend.path == str(path)
+
+
+# -- schema versions -----------------------------------------------------------------
+
+
+def _digest(statements: tuple[str, ...]) -> str:
+    normalized = "\n".join(" ".join(statement.split()) for statement in statements)
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+#: Digests of the released migrations. A released migration never changes:
+#: databases in the field were made by it. Change the schema with a new step.
+RELEASED_MIGRATIONS = [
+    "6357401c5943240c67dd3de20a4620fec5990020a915e74d28fbcb318fdb06c5",
+    "e0553a53311003bb1aee74e84854802accda5e9b5aa26a07d662a745286e1bc5",
+]
+
+
+def test_released_migrations_never_change() -> None:
+    assert [_digest(step) for step in MIGRATIONS[: len(RELEASED_MIGRATIONS)]] == (
+        RELEASED_MIGRATIONS
+    )
+    assert len(MIGRATIONS) >= 2
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def build_v1_database(path: Path) -> None:
+    """A store as taskactors with schema version 1 left it, with a task in it."""
+    with raw(path) as connection:
+        connection.execute("PRAGMA journal_mode = wal")
+        for statement in MIGRATIONS[0]:
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO tasks (id, name, state, input, created_at, updated_at, thread_id,"
+            " root_id, last_seq) VALUES ('old', 'job', 'running', '{}', 5.0, 6.0, 'th', 'old', 1)"
+        )
+        connection.execute(
+            "INSERT INTO events (task_id, seq, kind, at, data)"
+            " VALUES ('old', 1, 'started', 5.0, '{}')"
+        )
+        connection.execute(
+            'INSERT INTO journal (task_id, "index", kind, name, value, run, at)'
+            " VALUES ('old', 0, 'step', 'fetch', '\"page\"', 1, 5.5)"
+        )
+        connection.execute("PRAGMA user_version = 1")
+
+
+def test_a_v1_database_is_migrated_and_keeps_its_data(path: Path) -> None:
+    build_v1_database(path)
+    backend = SQLiteBackend(path)
+    backend.open()
+    try:
+        assert backend.pragmas()["user_version"] == SCHEMA_VERSION
+        record = backend.get_task("old")
+        assert record is not None
+        assert (record.state, record.thread_id, record.last_seq) == (TaskState.RUNNING, "th", 1)
+        assert [event.kind for event in backend.read_events("old")] == ["started"]
+        assert [entry.name for entry in backend.read_journal("old")] == ["fetch"]
+        # The upgraded store takes writes where the old one left off.
+        (outcome,) = backend.apply([TaskWrite("old", events=(NewEvent("resumed"),))], NOW)
+        assert isinstance(outcome, TaskWriteResult)
+        assert [event.seq for event in outcome.events] == [2]
+    finally:
+        backend.close()
+    with raw(path) as connection:
+        indexes = {
+            name
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    assert {"tasks_by_user", "tasks_by_thread", "tasks_by_state", "tasks_by_owner"} <= indexes
+    assert pragma(path, "application_id") == APPLICATION_ID
+
+
+def test_list_queries_use_indexes(backend: SQLiteBackend, path: Path) -> None:
+    with raw(path) as connection:
+        for column in ("user_id", "thread_id", "parent_id", "state", "owner"):
+            plan = connection.execute(
+                f"EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE {column} = ?"
+                " ORDER BY created_at, id",
+                ("x",),
+            ).fetchall()
+            assert any("USING INDEX" in str(row[-1]) for row in plan), (column, plan)
+
+
+def test_a_migration_that_fails_leaves_the_database_at_its_version(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_v1_database(path)
+    broken = (*MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL"))
+    monkeypatch.setattr(_sqlite, "MIGRATIONS", broken)
+    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", len(broken))
+    with pytest.raises(BackendUnavailableError):
+        SQLiteBackend(path).open()
+    assert pragma(path, "user_version") == 1
+    with raw(path) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+    assert "extra" not in tables
+    assert "tasks_by_user" not in tables  # migration 2 rolled back with the broken step
+
+
+def test_a_newer_schema_version_is_refused(path: Path) -> None:
+    backend = SQLiteBackend(path)
+    backend.open()
+    backend.close()
+    with raw(path) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaVersionError) as info:
+        SQLiteBackend(path).open()
+    message = str(info.value)
+    assert str(path) in message
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert "newer taskactors" in message
+    assert pragma(path, "user_version") == SCHEMA_VERSION + 1  # left as it was
+
+
+# -- errors at the boundary --------------------------------------------------------------
+
+
+def test_a_garbage_file_is_a_corrupt_store(path: Path) -> None:
+    path.write_bytes(b"this is not an SQLite database\n" * 512)
+    with pytest.raises(CorruptStoreError) as info:
+        SQLiteBackend(path).open()
+    assert str(path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_another_applications_database_is_refused(path: Path) -> None:
+    with raw(path) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(CorruptStoreError, match="not a taskactors store"):
+        SQLiteBackend(path).open()
+    with raw(path) as connection:
+        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["invoices"]
+
+
+def test_a_path_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "tasks.db"
+    with pytest.raises(BackendUnavailableError) as info:
+        SQLiteBackend(path).open()
+    assert str(path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+
+
+def test_opening_a_database_locked_beyond_busy_timeout_is_unavailable(path: Path) -> None:
+    with raw(path) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BackendUnavailableError, match="locked by another connection"):
+            SQLiteBackend(path, busy_timeout=0).open()
+
+
+async def test_a_write_to_a_database_locked_by_another_connection_fails_clearly(
+    path: Path,
+) -> None:
+    async with storage.open_store(SQLiteBackend(path, busy_timeout=0)) as store:
+        await store.put_task(make_task("a"))
+        with raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(
+                BackendUnavailableError, match="locked by another connection"
+            ) as info:
+                await store.put_task(make_task("b"))
+            assert str(path) in str(info.value)
+            assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+            assert await store.get_task("a") is not None  # reads go on meanwhile
+            other.execute("ROLLBACK")
+        assert await store.get_task("b") is None
+        assert (await store.put_task(make_task("b"))).created
+
+
+def test_reads_and_writes_after_close_raise_storage_closed(backend: SQLiteBackend) -> None:
+    backend.close()
+    backend.close()  # idempotent
+    with pytest.raises(StorageClosedError):
+        backend.get_task("a")
+    with pytest.raises(StorageClosedError):
+        backend.apply([CreateTask(make_task("a"))], NOW)
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def test_a_refused_command_changes_nothing_and_the_rest_of_the_batch_commits(
+    backend: SQLiteBackend,
+) -> None:
+    outcomes = backend.apply(
+        [
+            CreateTask(make_task("a"), (NewEvent("submitted"),)),
+            TaskWrite(
+                "a",
+                epoch=7,
+                state=TaskState.RUNNING,
+                events=(NewEvent("stale"),),
+                journal=(JournalWrite(0, "step", "stale", "1", 1),),
+                inbox_add=('"stale"',),
+                result='"stale"',
+            ),
+            TaskWrite("missing", events=(NewEvent("lost"),)),
+            TaskWrite("a", events=(NewEvent("kept"),), inbox_add=('"kept"',)),
+        ],
+        NOW,
+    )
+    created, stale, missing, kept = outcomes
+    assert isinstance(created, CreateResult)
+    assert created.created
+    assert isinstance(stale, StaleEpochError)
+    assert isinstance(missing, RecordNotFoundError)
+    assert isinstance(kept, TaskWriteResult)
+    record = backend.get_task("a")
+    assert record is not None
+    assert record.state is TaskState.PENDING
+    assert [(event.seq, event.kind) for event in backend.read_events("a")] == [
+        (1, "submitted"),
+        (2, "kept"),
+    ]
+    assert backend.read_journal("a") == []
+    assert [item.input for item in backend.list_inbox("a")] == ['"kept"']
+    assert backend.get_result("a") is None
+
+
+def test_a_batch_that_fails_midway_applies_nothing_and_the_next_commits(
+    backend: SQLiteBackend,
+) -> None:
+    backend.apply([CreateTask(make_task("a"))], NOW)
+    # White box: cap the file's size on the writer connection, so the batch
+    # fails with "database or disk is full" after its first commands ran.
+    writer = backend._writer
+    assert writer is not None
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    (limit,) = writer.execute("PRAGMA max_page_count").fetchone()
+    writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+    huge = NewEvent("huge", json.dumps("x" * 1_000_000))
+    with pytest.raises(BackendUnavailableError, match="full") as info:
+        backend.apply(
+            [
+                CreateTask(make_task("b")),
+                TaskWrite("a", events=(NewEvent("small"),), inbox_add=('"in"',)),
+                TaskWrite("a", events=(huge,)),
+            ],
+            NOW,
+        )
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    writer.execute(f"PRAGMA max_page_count = {limit}")
+    assert backend.get_task("b") is None
+    assert backend.read_events("a") == []
+    assert backend.list_inbox("a") == []
+
+    (outcome,) = backend.apply([TaskWrite("a", events=(NewEvent("after"),))], NOW)
+    assert isinstance(outcome, TaskWriteResult)
+    assert [event.seq for event in backend.read_events("a")] == [1]
+
+
+# -- readers --------------------------------------------------------------------------------
+
+
+def test_reads_do_not_wait_for_a_writer_holding_the_lock(path: Path) -> None:
+    backend = SQLiteBackend(path, busy_timeout=0)  # a read that waited would fail at once
+    backend.open()
+    try:
+        backend.apply([CreateTask(make_task("a"))], NOW)
+        with raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE tasks SET state = 'running'")
+            record = backend.get_task("a")
+            assert record is not None
+            assert record.state is TaskState.PENDING  # the last committed state
+            other.execute("COMMIT")
+        record = backend.get_task("a")
+        assert record is not None
+        assert record.state is TaskState.RUNNING
+    finally:
+        backend.close()
+
+
+class GatedBackend(SQLiteBackend):
+    """Stops in the middle of a batch at a gate command until released (white box)."""
+
+    GATE = storage.DeleteKeyState("gate")
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, busy_timeout=0)  # a read that waited would fail at once
+        self.in_batch = threading.Event()
+        self.release = threading.Event()
+
+    def _apply_one(self, connection: sqlite3.Connection, command: Command, now: float) -> object:
+        if command == self.GATE:
+            self.in_batch.set()
+            assert self.release.wait(timeout=60)
+        return super()._apply_one(connection, command, now)
+
+
+async def test_reads_proceed_while_a_batch_is_in_the_middle_of_its_transaction(
+    path: Path,
+) -> None:
+    backend = GatedBackend(path)
+    async with storage.open_store(backend) as store:
+        await store.put_task(make_task("a"), [NewEvent("submitted")])
+        first = store.execute_nowait(TaskWrite("a", events=(NewEvent("written"),)))
+        gate = store.execute_nowait(GatedBackend.GATE)
+        seen: list[int] = []
+
+        async def read() -> None:
+            seen.append(len(await store.read_events("a")))
+
+        try:
+            await trio.to_thread.run_sync(backend.in_batch.wait)
+            # The writer holds the write lock, with the first write applied
+            # but not committed: every read goes on and sees the last commit.
+            async with trio.open_nursery() as nursery:
+                for _ in range(50):
+                    nursery.start_soon(read)
+            assert not first.done
+        finally:
+            backend.release.set()
+        assert seen == [1] * 50
+        await gate.wait()
+        assert len(await store.read_events("a")) == 2
+
+
+async def test_reads_proceed_while_large_batches_are_applied(path: Path) -> None:
+    writes = 3000
+    async with storage.open(f"sqlite:///{path}") as store:
+        await store.put_task(make_task("a"), [NewEvent("submitted")])
+        # Queued without a checkpoint: the storage actor takes them as two
+        # batches (max_batch 2048), while the readers below run in threads.
+        pending = [
+            store.execute_nowait(TaskWrite("a", events=(NewEvent("step", json.dumps(n)),)))
+            for n in range(writes)
+        ]
+        seen: list[list[int]] = []
+
+        async def read() -> None:
+            seen.append([event.seq for event in await store.read_events("a")])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(read)
+        for write in pending:
+            await write.wait()
+        assert len(seen) == 200
+        for seqs in seen:
+            # Every read saw whole batches: before, between or after them.
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert len(seqs) in (1, 1 + 2048, 1 + writes)
+        assert len(await store.read_events("a")) == 1 + writes
+        assert store.statistics()["batches"] == 3
+
+
+async def test_data_survives_close_and_reopen(path: Path) -> None:
+    url = f"sqlite:///{path}"
+    async with storage.open(url) as store:
+        await store.put_task(make_task("a", thread_id="th"), [NewEvent("submitted")])
+        await store.write(
+            TaskWrite(
+                "a",
+                state=TaskState.COMPLETED,
+                events=(NewEvent("done", '{"ok":true}'),),
+                journal=(JournalWrite(0, "step", "fetch", '"page"', 1),),
+                inbox_add=('"more"',),
+                result='"the result"',
+                usage=(UsageRecord("a", "k1", "model", 3, 4, caller="lead", thread_id="th"),),
+            )
+        )
+        await store.set_task_state("key", TaskState.PAUSED, ttl=None)
+        await store.set_workflow_data("wf", "k", {"x": 1})
+        await store.set_workflow_deterministic_value("wf", "k", 42)
+        before = await store.get_task("a")
+
+    async with storage.open(url) as store:
+        assert await store.get_task("a") == before
+        assert [event.kind for event in await store.read_events("a")] == ["submitted", "done"]
+        assert [entry.value for entry in await store.read_journal("a")] == ['"page"']
+        assert [item.input for item in await store.list_inbox("a")] == ['"more"']
+        assert await store.get_result("a") == "the result"
+        assert await store.get_task_state("key") is TaskState.PAUSED
+        assert await store.get_workflow_data("wf", "k") == {"x": 1}
+        assert await store.get_workflow_deterministic_value("wf", "k") == 42
+        usage = await store.aggregate_tokens_by_thread("th")
+        assert usage["total_tokens"] == 7
+        assert usage["by_caller"] == {"lead": 7}
+        # Inbox ids keep growing across reopen (AUTOINCREMENT).
+        result = await store.write(TaskWrite("a", inbox_add=('"again"',)))
+        assert result.inbox_ids == (2,)
