@@ -564,6 +564,10 @@ class TaskActor:
             self.stopped.set()
 
     def _boot(self) -> None:
+        if self.state is S.RUNNING:
+            # A run interrupted by a crash, a shutdown or a lost lease goes on here.
+            recovered = _event("recovered", {"node": self.runtime.node_id, "epoch": self.epoch})
+            self._queue(self._write(events=(recovered,)))
         if self.state in ACTIVE_STATES:
             self._start_run(Request(decode(self.record.input), self.run))
 

@@ -93,6 +93,8 @@ class Runtime:
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._closed = trio.Event()
+        #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
+        self._renewing = True
 
     # -- submitting ----------------------------------------------------------
     async def submit(
@@ -514,6 +516,8 @@ class Runtime:
     async def _renew_loop(self) -> None:
         while True:
             await trio.sleep(self.lease / 3)
+            if not self._renewing:
+                continue
             try:
                 await self.store.renew_leases(self.node_id, self.lease)
             except storage.StorageError:

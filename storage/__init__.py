@@ -5,6 +5,7 @@
 
 from ._backend import Backend as Backend
 from ._clock import Clock as Clock
+from ._clock import on_virtual_time as on_virtual_time
 from ._codec import converter as converter
 from ._codec import decode as decode
 from ._codec import encode as encode
@@ -107,6 +108,7 @@ __all__ = [
     "decode",
     "encode",
     "exception_record",
+    "on_virtual_time",
     "open",
     "open_store",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import trio
+import trio.testing
 
 
 class Clock:
@@ -27,3 +28,14 @@ class Clock:
     def deadline(self, at: float) -> float:
         """The trio deadline (for CancelScope/sleep_until) of a wall timestamp."""
         return self._trio + (at - self._wall)
+
+
+def on_virtual_time() -> bool:
+    """Whether trio runs on a virtual clock (trio.testing.MockClock).
+
+    On a virtual clock (``autojump_clock``) waiting for a worker thread looks
+    like idleness, and the clock would jump over real work: timeouts and
+    leases would fire while a write is in flight. Blocking calls then run
+    inline, so tests are deterministic.
+    """
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)

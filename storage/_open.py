@@ -40,7 +40,9 @@ def backend_from_url(url: str) -> Backend:
 
 
 @asynccontextmanager
-async def open(url: str, *, clock: Clock | None = None) -> AsyncIterator[Store]:
+async def open(
+    url: str, *, clock: Clock | None = None, threads: bool | None = None
+) -> AsyncIterator[Store]:
     """Open the store a URL names for the duration of the block (see open_store)."""
-    async with open_store(backend_from_url(url), clock=clock) as store:
+    async with open_store(backend_from_url(url), clock=clock, threads=threads) as store:
         yield store

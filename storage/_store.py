@@ -21,7 +21,7 @@ import trio
 
 from . import _codec
 from ._backend import Backend
-from ._clock import Clock
+from ._clock import Clock, on_virtual_time
 from ._commands import (
     ClaimTask,
     Command,
@@ -96,10 +96,14 @@ class Subscription:
 class Store:
     """Client of one store. Made by ``storage.open``; see the module docstring."""
 
-    def __init__(self, backend: Backend, clock: Clock, *, readers: int = 4) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, *, readers: int = 4, threads: bool = True
+    ) -> None:
         self.backend = backend
         self.clock = clock
-        self._writer = StorageActor(backend, clock)
+        #: Whether blocking backend calls go to worker threads (else inline).
+        self.threaded = backend.blocking and threads
+        self._writer = StorageActor(backend, clock, threads=threads)
         self._read_limiter = trio.CapacityLimiter(readers)
         self._channels: dict[str, set[Subscription]] = {}
         self._closed = False
@@ -129,7 +133,7 @@ class Store:
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StorageClosedError("the store is closed")
-        if self.backend.blocking:
+        if self.threaded:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)
         await trio.lowlevel.checkpoint()
         return fn(*args)
@@ -378,18 +382,29 @@ def exception_record(exc: BaseException, *, retryable: bool = False) -> Exceptio
 
 
 @asynccontextmanager
-async def open_store(backend: Backend, *, clock: Clock | None = None) -> AsyncIterator[Store]:
+async def open_store(
+    backend: Backend, *, clock: Clock | None = None, threads: bool | None = None
+) -> AsyncIterator[Store]:
     """Open a backend and run its storage actor for the duration of the block.
 
     On exit the writes already queued are applied, subscriptions end and the
-    backend is closed. Cancellation of the block does the same.
+    backend is closed.
+
+    Args:
+        backend: the backend to own.
+        clock: the runtime clock (default: a new one).
+        threads: run a blocking backend's calls in worker threads. The
+            default is yes, except on trio's virtual clock (tests), where
+            they run inline so that the clock never jumps over a write.
     """
-    if backend.blocking:
+    if threads is None:
+        threads = not on_virtual_time()
+    if backend.blocking and threads:
         await trio.to_thread.run_sync(backend.open)
     else:
         backend.open()
     try:
-        store = Store(backend, clock or Clock())
+        store = Store(backend, clock or Clock(), threads=threads)
         async with trio.open_nursery() as nursery:
             await nursery.start(store._writer.serve)
             try:
@@ -398,7 +413,7 @@ async def open_store(backend: Backend, *, clock: Clock | None = None) -> AsyncIt
                 store._writer.close_nowait()
                 store._close_subscriptions()
     finally:
-        if backend.blocking:
+        if backend.blocking and threads:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(backend.close)
         else:

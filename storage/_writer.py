@@ -79,8 +79,11 @@ class PendingWrite:
 class StorageActor:
     """Owns a backend's write side; see the module docstring."""
 
-    def __init__(self, backend: Backend, clock: Clock, *, max_batch: int = 2048) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, *, max_batch: int = 2048, threads: bool = True
+    ) -> None:
         self._backend = backend
+        self._threaded = backend.blocking and threads
         self._clock = clock
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[PendingWrite](math.inf)
@@ -147,7 +150,7 @@ class StorageActor:
         commands = [pending.command for pending in batch]
         now = self._clock.now()
         try:
-            if self._backend.blocking:
+            if self._threaded:
                 outcomes = await trio.to_thread.run_sync(
                     self._backend.apply, commands, now, limiter=self._limiter
                 )
