@@ -23,6 +23,7 @@ from ._errors import TaskNotFound as TaskNotFound
 from ._errors import TaskOwnedElsewhere as TaskOwnedElsewhere
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import UnknownTaskName as UnknownTaskName
+from ._events import AllEventsStream as AllEventsStream
 from ._events import EventStream as EventStream
 from ._info import TaskEvent as TaskEvent
 from ._info import TaskInfo as TaskInfo
@@ -35,6 +36,7 @@ from ._runtime import open_runtime as open_runtime
 __all__ = [
     "ActorStoppedError",
     "ActorsError",
+    "AllEventsStream",
     "App",
     "EventStream",
     "HeartbeatTimeoutError",

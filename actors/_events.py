@@ -21,7 +21,6 @@ goes on: either way nothing is lost.
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -195,4 +194,49 @@ class EventStream:
             await watch.wait()
 
 
-UNBOUNDED = math.inf
+class AllEventsStream:
+    """Live events of every task (optionally of one user), from now on.
+
+    Never ends by itself. A stream that falls behind its buffer raises
+    ``SubscriptionLagged(None, 0)``: read each task's history to catch up.
+    """
+
+    def __init__(
+        self, hub: EventHub, store: Store, user_id: str | None, capacity: int | None
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._user_id = user_id
+        self._watch = hub.watch(None, capacity=capacity)
+        self._backlog: collections.deque[StoredEvent] = collections.deque()
+        #: task id -> user id, for the tasks seen so far.
+        self._owners: dict[str, str | None] = {}
+
+    def close(self) -> None:
+        self._hub.unwatch(self._watch)
+
+    def __aiter__(self) -> AllEventsStream:
+        return self
+
+    async def _visible(self, event: StoredEvent) -> bool:
+        if self._user_id is None:
+            return True
+        if event.task_id not in self._owners:
+            record = await self._store.get_task(event.task_id)
+            self._owners[event.task_id] = record.user_id if record is not None else None
+        return self._owners[event.task_id] == self._user_id
+
+    async def __anext__(self) -> TaskEvent:
+        while True:
+            while self._backlog:
+                stored = self._backlog.popleft()
+                if await self._visible(stored):
+                    return TaskEvent.from_stored(stored)
+            watch = self._watch
+            if watch.lagged:
+                raise SubscriptionLagged(None, 0)
+            if watch.buffer:
+                self._backlog.extend(watch.buffer)
+                watch.buffer.clear()
+                continue
+            await watch.wait()

@@ -57,7 +57,7 @@ from ._errors import (
     TaskOwnedElsewhere,
     UnknownTaskName,
 )
-from ._events import EventHub, EventStream
+from ._events import AllEventsStream, EventHub, EventStream
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
 from ._messages import Ask, CancelTask, SendInput, SendSignal, Signal
@@ -359,6 +359,22 @@ class Runtime:
         )
         try:
             await stream._open()
+            yield stream
+        finally:
+            stream.close()
+
+    @asynccontextmanager
+    async def subscribe_all(
+        self, *, user_id: str | None = None, buffer: int | None = None
+    ) -> AsyncIterator[AllEventsStream]:
+        """Watch the live events of every task (of ``user_id`` when given).
+
+        Only events committed after the call are seen; the stream never ends
+        by itself. A subscriber that falls ``buffer`` events behind gets
+        ``SubscriptionLagged``: catch up through ``history`` per task.
+        """
+        stream = AllEventsStream(self.hub, self.store, user_id, buffer)
+        try:
             yield stream
         finally:
             stream.close()
