@@ -625,6 +625,9 @@ class TaskActor:
             message.reply.fail(exc)
         else:
             message.reply.resolve(self.info())
+        finally:
+            # Cancelled mid-way (the runtime is closing): the caller must hear so.
+            message.reply.fail(ActorStoppedError(f"the actor of task {self.task_id} stopped"))
 
     async def _on_input(self, value: Any) -> None:
         action = on_request(self.state, self.strategy, self.task_id)

@@ -28,7 +28,7 @@ import trio
 
 from storage import StoredEvent
 
-from ._errors import SubscriptionLagged
+from ._errors import RuntimeClosedError, SubscriptionLagged
 from ._info import TaskEvent
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class Watch:
         self.capacity = capacity
         self.buffer: collections.deque[StoredEvent] = collections.deque()
         self.lagged = False
+        #: Set when the hub closes (the runtime is closing).
+        self.closed = False
         self._wakeup = trio.Event()
 
     def offer(self, event: StoredEvent) -> None:
@@ -60,9 +62,13 @@ class Watch:
             self.buffer.append(event)
         self._wakeup.set()
 
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
     async def wait(self) -> None:
-        """Wait until something was offered since the last wait."""
-        if not self.buffer and not self.lagged:
+        """Wait until something was offered since the last wait (or the hub closed)."""
+        if not self.buffer and not self.lagged and not self.closed:
             await self._wakeup.wait()
         self._wakeup = trio.Event()
 
@@ -74,6 +80,7 @@ class EventHub:
         self.capacity = capacity
         self._by_task: dict[str, set[Watch]] = {}
         self._global: set[Watch] = set()
+        self._closed = False
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
         """Offer committed events to every interested watch (never blocks)."""
@@ -87,6 +94,15 @@ class EventHub:
             for watch in everyone:
                 watch.offer(event)
 
+    def close(self) -> None:
+        """Wake every watch with "closed"; new watches start closed."""
+        self._closed = True
+        for watches in self._by_task.values():
+            for watch in watches:
+                watch.close()
+        for watch in self._global:
+            watch.close()
+
     def watch(
         self,
         task_id: str | None,
@@ -95,6 +111,8 @@ class EventHub:
     ) -> Watch:
         """Register a watch for one task, or for every task the predicate accepts."""
         watch = Watch(task_id, predicate, capacity or self.capacity)
+        if self._closed:
+            watch.close()
         if task_id is None:
             self._global.add(watch)
         else:
@@ -149,6 +167,12 @@ class EventStream:
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
         self._backlog.extend(await self._store.read_events(self.task_id, self.last_seq))
+        if not self._backlog:
+            # Subscribed at or past the end of a finished task: nothing will come.
+            record = await self._store.get_task(self.task_id)
+            if record is not None and record.state.terminal and record.last_seq <= self.last_seq:
+                self._ended = True
+                self.close()
 
     def close(self) -> None:
         self._closed = True
@@ -191,6 +215,9 @@ class EventStream:
                 self._backlog.extend(watch.buffer)
                 watch.buffer.clear()
                 continue
+            if watch.closed:
+                self.close()
+                raise RuntimeClosedError("the runtime closed while this stream waited")
             await watch.wait()
 
 
@@ -239,4 +266,6 @@ class AllEventsStream:
                 self._backlog.extend(watch.buffer)
                 watch.buffer.clear()
                 continue
+            if watch.closed:
+                raise RuntimeClosedError("the runtime closed while this stream waited")
             await watch.wait()

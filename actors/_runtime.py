@@ -565,6 +565,7 @@ class Runtime:
         finally:
             self._closing = True
             remove_listener()
+            self.hub.close()
             with trio.CancelScope(shield=True):
                 try:
                     await self.store.release_tasks(self.node_id)

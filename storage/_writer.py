@@ -20,6 +20,7 @@ then refuses further writes with ``StorageClosedError``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,8 @@ from ._clock import Clock
 from ._commands import Command, CreateResult, TaskWriteResult
 from ._errors import BackendUnavailableError, StorageClosedError, StorageError
 from ._records import StoredEvent
+
+log = logging.getLogger("taskactors.storage")
 
 CommitListener = Callable[[Sequence[StoredEvent]], None]
 
@@ -170,6 +173,9 @@ class StorageActor:
                 events.extend(outcome.events)
         if events:
             for listener in list(self._listeners):
-                listener(events)
+                try:
+                    listener(events)
+                except Exception:  # a broken listener must not break the store
+                    log.exception("commit listener %r failed", listener)
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending._resolve(outcome)
