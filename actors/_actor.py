@@ -60,7 +60,7 @@ from storage import (
     exception_record,
 )
 
-from ._context import TaskContext
+from ._context import MARK, TaskContext
 from ._errors import (
     ActorsError,
     ActorStoppedError,
@@ -346,7 +346,9 @@ class TaskActor:
             async with self._lock:
                 if self._pause_requested and self.state is S.RUNNING and self._live(ctx):
                     self._pause_requested = False
-                    await self._transition(Command.PAUSE)
+                    mark = JournalWrite(ctx._cursor, MARK, "pause", "null", self.run)
+                    await self._transition(Command.PAUSE, journal=(mark,))
+                    self._remember(mark.index, MARK, mark.name, mark.value)
                     self._end_run()
         await trio.lowlevel.checkpoint()
 
@@ -371,7 +373,10 @@ class TaskActor:
                 return decode(item.input)
             else:
                 data = {"question": decode(encode(question)), "index": index}
-                await self._transition(Command.ASK_AUTH if auth else Command.ASK_INPUT, data)
+                mark = JournalWrite(index, MARK, name, "null", self.run)
+                command = Command.ASK_AUTH if auth else Command.ASK_INPUT
+                await self._transition(command, data, journal=(mark,))
+                self._remember(index, MARK, name, mark.value)
                 self._end_run()
         await self._dead_run()
         raise AssertionError("unreachable")

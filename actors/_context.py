@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: Journal kind of the marker left where a run was suspended (pause, ask): a
+#: later run replays quietly up to it (emit/progress are not repeated).
+MARK = "mark"
+
 #: Event kinds the runtime writes; ``ctx.emit`` may not use them.
 RESERVED_KINDS = frozenset(
     {
@@ -94,8 +98,8 @@ class TaskContext:
         self._cursor = 0
         self._started = False
         # True once this attempt passed the end of the journal: from then on
-        # emit/progress are new. Code between the last entry and the point
-        # where the previous run stopped ran already, so it stays quiet too.
+        # emit/progress are new. Code before the point where an earlier run
+        # was suspended (its MARK entry) ran already, so it stays quiet too.
         self._fresh = actor.journal_end == 0
         self._usage_position = -1
         self._usage_count = 0
@@ -145,20 +149,25 @@ class TaskContext:
         if not self._started:
             self._started = True
             first = journal.get(0)
-            if first is not None and not (first.kind == kind and first.name == name):
+            if (
+                first is not None
+                and first.kind != MARK
+                and not (first.kind == kind and first.name == name)
+            ):
                 resume = self._actor.latest_checkpoint_index()
                 if resume is not None:
                     self._cursor = resume + 1
         index = self._cursor
         self._cursor += 1
-        entry = journal.get(index)
+        recorded = journal.get(index)
+        entry = None if recorded is not None and recorded.kind == MARK else recorded
         if entry is not None and (entry.kind != kind or entry.name != name):
             raise NonDeterminismError(
                 f"task {self.task_id}: replay asked for {kind} {name!r} at position {index}, "
                 f"but the recorded run has {entry.kind} {entry.name!r} there; "
                 "the handler must make its durable calls in the same order on every run"
             )
-        if entry is None and index < self._actor.journal_end:
+        if recorded is None and index < self._actor.journal_end:
             missing = index
             raise NonDeterminismError(
                 f"task {self.task_id}: replay asked for {kind} {name!r} at position {missing}, "
