@@ -290,6 +290,7 @@ class Runtime:
 
     # -- reading ---------------------------------------------------------------
     async def _load(self, task_id: str, user_id: str | None) -> TaskRecord:
+        self._check_open()
         record = await self.store.get_task(task_id)
         if record is None or (user_id is not None and record.user_id != user_id):
             raise TaskNotFound(task_id)
@@ -314,6 +315,7 @@ class Runtime:
         limit: int | None = None,
     ) -> list[TaskInfo]:
         """Tasks matching every given filter, oldest first."""
+        self._check_open()
         records = await self.store.list_tasks(
             user_id=user_id,
             thread_id=thread_id,
@@ -417,6 +419,7 @@ class Runtime:
 
     async def usage(self, thread_id: str, *, include_active: bool = False) -> dict[str, Any]:
         """Token usage of a thread (see Store.aggregate_tokens_by_thread)."""
+        self._check_open()
         return await self.store.aggregate_tokens_by_thread(thread_id, include_active)
 
     def statistics(self) -> dict[str, Any]:
