@@ -270,8 +270,6 @@ class TaskActor:
         input_tokens: int,
         output_tokens: int,
         caller: str | None,
-        *,
-        emit: bool,
     ) -> None:
         if not self._live(ctx):
             return
@@ -291,7 +289,7 @@ class TaskActor:
             "output_tokens": output_tokens,
             "caller": caller,
         }
-        events = (_event("usage", data),) if emit else ()
+        events = (_event("usage", data),)
         self._queue(self._write(frozenset({S.RUNNING}), usage=(usage,), events=events))
 
     def record_nowait(self, ctx: TaskContext, index: int, kind: str, name: str, value: str) -> None:
@@ -594,9 +592,11 @@ class TaskActor:
         await self._release()
 
     async def _finish(self) -> None:
-        await self.runtime._cancel_children(self.task_id)
+        # Leave the table before the first await: a finished task has no actor
+        # (a message that comes meanwhile revives nothing; the lifecycle answers it).
         self.runtime._forget(self)
         self._send.close()
+        await self.runtime._cancel_children(self.task_id)
         await self._release()
 
     async def _release(self) -> None:

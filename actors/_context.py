@@ -379,16 +379,17 @@ class TaskContext:
     ) -> None:
         """Report token usage; aggregated by ``rt.usage(thread_id=...)``.
 
-        Stored once per position in the run, so a replay does not count twice.
+        Not repeated by a replay; stored once per position of a run, so the
+        code re-run after a crash does not count twice either.
         """
+        if self.replaying:
+            return
         if self._usage_position != self._cursor:
             self._usage_position = self._cursor
             self._usage_count = 0
         key = f"{self._cursor}:{self._usage_count}"
         self._usage_count += 1
-        self._actor.usage_nowait(
-            self, key, model, input_tokens, output_tokens, caller, emit=not self.replaying
-        )
+        self._actor.usage_nowait(self, key, model, input_tokens, output_tokens, caller)
 
     def heartbeat(self) -> None:
         """Tell the runtime the run is alive (pushes back heartbeat_timeout)."""
