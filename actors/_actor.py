@@ -696,7 +696,8 @@ class TaskActor:
                 self._pause_requested = False
                 return
             await self._transition(Command.RESUME)
-            if self._run_scope is None:
+            if self._run_scope is None or self._run_scope.cancel_called:
+                # (the paused run may still be unwinding: its RunEnded will be stale)
                 self._start_run(Request(decode(self.record.input), self.run))
         else:
             transition(state, Command.STOP, self.task_id)

@@ -208,6 +208,8 @@ class TaskContext:
         if entry is not None:
             return decode(entry.value)
         self._actor.emit_nowait(self, "step_started", {"name": name, "index": index})
+        faults = self._actor.runtime._fault_point
+        await faults("before_step", self.task_id, name, index)
         attempt = 0
         while True:
             attempt += 1
@@ -236,6 +238,7 @@ class TaskContext:
             text = encode(value)
         except TypeError as exc:
             raise TypeError(f"step {name!r} of task {self.task_id}: {exc}") from None
+        await faults("after_body", self.task_id, name, index)
         await self._actor.record_entry(
             self,
             index,
@@ -244,6 +247,7 @@ class TaskContext:
             text,
             events=(("step_completed", {"name": name, "index": index}),),
         )
+        await faults("after_store", self.task_id, name, index)
         await self._actor.safe_point(self)
         return decode(text)
 

@@ -58,6 +58,7 @@ from ._errors import (
     UnknownTaskName,
 )
 from ._events import AllEventsStream, EventHub, EventStream
+from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
 from ._messages import Ask, CancelTask, SendInput, SendSignal, Signal
@@ -95,6 +96,10 @@ class Runtime:
         self._closed = trio.Event()
         #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
         self._renewing = True
+        #: Fault injection (actors.testing): armed crash points and step observers.
+        self._crash_points: builtins.list[CrashPoint] = []
+        self._observers: builtins.list[Observer] = []
+        self._crashed = False
 
     # -- submitting ----------------------------------------------------------
     async def submit(
@@ -228,6 +233,13 @@ class Runtime:
                 if isinstance(message, CancelTask):
                     return await self._cancel_remote(task_id, message.reason)
                 raise TaskOwnedElsewhere(task_id, exc.owner) from None
+            except UnknownTaskName:
+                # An orphan (its handler is not registered here) can still be
+                # cancelled: that needs no handler.
+                message = make()
+                if isinstance(message, CancelTask):
+                    return await self._cancel_remote(task_id, message.reason)
+                raise
             if actor is None:
                 return self._answer_finished(await self._load(task_id, user_id), make())
             message = make()
@@ -478,6 +490,8 @@ class Runtime:
         return self._start_actor(record, journal, inbox)
 
     def _start_actor(self, record: TaskRecord, journal: Any, inbox: Any) -> TaskActor:
+        # Closing (or crashed) while this claim was in flight: start nothing.
+        self._check_open()
         assert self._nursery is not None
         actor = TaskActor(self, self.app.spec(record.name), record, journal, inbox)
         self._actors[record.id] = actor
@@ -507,6 +521,31 @@ class Runtime:
                 pass
             except Exception:
                 log.exception("task %s: could not cancel child %s", task_id, child.id)
+
+    # -- fault injection -------------------------------------------------------------
+    async def _fault_point(self, point: Point, task_id: str, step: str, index: int) -> None:
+        """See actors._faults; a no-op unless a test armed something."""
+        if not (self._crash_points or self._observers):
+            return
+        for observer in builtins.list(self._observers):
+            await observer(point, task_id, step, index)
+        for crash in self._crash_points:
+            if crash.matches(point, task_id, step):
+                self._crash_points.remove(crash)
+                crash.fire(task_id, step, index)
+                self._crash()
+                await trio.sleep_forever()
+
+    def _crash(self) -> None:
+        """Stop at once, as if the process died: no more writes, leases kept."""
+        if self._crashed:
+            return
+        self._crashed = True
+        self._closing = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self.hub.close()
+        self._closed.set()
 
     # -- node duties ---------------------------------------------------------------
     def _check_open(self) -> None:
@@ -569,12 +608,13 @@ class Runtime:
             self._closing = True
             remove_listener()
             self.hub.close()
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.store.release_tasks(self.node_id)
-                    await self.store.remove_node(self.node_id)
-                except storage.StorageError:
-                    log.exception("could not release this node's tasks on close")
+            if not self._crashed:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.store.release_tasks(self.node_id)
+                        await self.store.remove_node(self.node_id)
+                    except storage.StorageError:
+                        log.exception("could not release this node's tasks on close")
 
     def _close(self) -> None:
         self._closing = True

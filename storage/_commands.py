@@ -136,6 +136,8 @@ class ClaimTask:
     node_id: str
     lease_until: float
     states: frozenset[TaskState] | None = None
+    #: Take it even from a live owner (testing: "as if another node claimed it").
+    force: bool = False
 
 
 @attrs.frozen

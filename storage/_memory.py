@@ -308,7 +308,8 @@ class MemoryBackend:
                 record.id, frozenset(state.value for state in command.states), record.state.value
             )
         if (
-            record.owner is not None
+            not command.force
+            and record.owner is not None
             and record.owner != command.node_id
             and record.lease_expires is not None
             and record.lease_expires >= now

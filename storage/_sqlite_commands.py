@@ -274,7 +274,8 @@ def _claim_task(connection: sqlite3.Connection, command: ClaimTask, now: float) 
             record.id, frozenset(state.value for state in command.states), record.state.value
         )
     if (
-        record.owner is not None
+        not command.force
+        and record.owner is not None
         and record.owner != command.node_id
         and record.lease_expires is not None
         and record.lease_expires >= now

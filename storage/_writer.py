@@ -95,6 +95,10 @@ class StorageActor:
         self._closed = False
         self.batches = 0
         self.writes = 0
+        # Fault injection (actors.testing): fail the next N writes / hang until.
+        self.fail_next = 0
+        self.fail_error: StorageError | None = None
+        self.hang_until: float | None = None
 
     def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener(events)`` after each batch commits; returns a remover."""
@@ -149,7 +153,34 @@ class StorageActor:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
 
+    async def _inject(self, batch: list[PendingWrite]) -> list[object] | None:
+        """Injected faults: hang until a deadline, or refuse the next writes."""
+        if self.hang_until is not None:
+            await trio.sleep_until(self.hang_until)
+            self.hang_until = None
+        if not self.fail_next:
+            return None
+        failed = min(self.fail_next, len(batch))
+        self.fail_next -= failed
+        error = self.fail_error or BackendUnavailableError("injected write failure")
+        outcomes: list[object] = [error] * failed
+        if failed < len(batch):
+            rest = [pending.command for pending in batch[failed:]]
+            outcomes.extend(self._apply_now(rest))
+        return outcomes
+
+    def _apply_now(self, commands: list[Command]) -> list[object]:
+        try:
+            return self._backend.apply(commands, self._clock.now())
+        except StorageError as exc:
+            return [exc] * len(commands)
+
     async def _apply(self, batch: list[PendingWrite]) -> None:
+        if self.fail_next or self.hang_until is not None:
+            injected = await self._inject(batch)
+            if injected is not None:
+                self._finish(batch, injected)
+                return
         commands = [pending.command for pending in batch]
         now = self._clock.now()
         try:
@@ -165,6 +196,9 @@ class StorageActor:
             error = BackendUnavailableError(f"batch of {len(batch)} writes failed: {exc!r}")
             error.__cause__ = exc
             outcomes = [error] * len(batch)
+        self._finish(batch, outcomes)
+
+    def _finish(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
         self.batches += 1
         self.writes += len(batch)
         events: list[StoredEvent] = []
