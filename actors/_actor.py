@@ -230,12 +230,18 @@ class TaskActor:
             try:
                 pending.outcome_nowait()
             except StaleEpochError as exc:
+                self._unflushed = keep
                 self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
                 raise self._lost from exc
-            except StorageError:
-                # A ConflictError here is an event of a run that a state change
-                # already ended: it is rightly dropped.
+            except ConflictError:
+                # An event of a run that a state change already ended: rightly dropped.
                 pass
+            except StorageError:
+                # The store failed to keep an event: the next durable call fails
+                # with it (and the run is retried by its policy) rather than
+                # going on as if it had been written.
+                self._unflushed = keep
+                raise
         self._unflushed = keep
 
     async def _flush(self) -> None:
@@ -600,9 +606,9 @@ class TaskActor:
         await self._release()
 
     async def _release(self) -> None:
-        await self._flush()
         # Refused if someone claimed it meanwhile: then it is theirs to release.
         with contextlib.suppress(StorageError):
+            await self._flush()
             await self.store.write(TaskWrite(self.task_id, epoch=self.epoch, release=True))
 
     async def _dispatch(self, message: Message) -> None:
@@ -624,9 +630,7 @@ class TaskActor:
         except (OwnershipLostError, _Superseded):
             message.reply.fail(ActorStoppedError(f"task {self.task_id} moved to another owner"))
             raise
-        except ActorsError as exc:
-            message.reply.fail(exc)
-        except TypeError as exc:
+        except (ActorsError, StorageError, TypeError) as exc:
             message.reply.fail(exc)
         else:
             message.reply.resolve(self.info())

@@ -339,10 +339,15 @@ def run_simulation(seed: int, *, tasks: int = 4, operations: int = 40) -> Simula
     saved_scheduler, saved_global = scheduler_rng.getstate(), random.getstate()
     scheduler_rng.seed(seed)
     random.seed(seed)
+    simulation = _Simulation(seed, tasks, operations)
     try:
         clock = trio.testing.MockClock(autojump_threshold=0)
-        report: SimulationReport = trio.run(_Simulation(seed, tasks, operations).run, clock=clock)
+        report: SimulationReport = trio.run(simulation.run, clock=clock)
         return report
+    except SimulationFailure:
+        raise
+    except Exception as exc:  # the runtime broke outright: that is a finding too
+        raise SimulationFailure(seed, [f"raised {exc!r}"], simulation.trace) from exc
     finally:
         scheduler_rng.setstate(saved_scheduler)
         random.setstate(saved_global)
