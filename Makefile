@@ -22,8 +22,14 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/taskactors demo
 
+# QUICK=1: the small version (under a minute). Peers: pip install -e '.[bench]'.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	QUICK=$(QUICK) $(BIN)/python -m bench
+
+# The seeded simulation over many more seeds than `make test` runs (200).
+SEEDS ?= 5000
+soak: $(STAMP)
+	$(BIN)/python -c "import sys, actors.testing as t; sys.exit(t.soak(range(1000, 1000 + $(SEEDS))) > 0)"
 
 clean:
 	rm -rf $(VENV)

@@ -4,6 +4,11 @@ from storage import TaskState as TaskState
 
 from ._app import App as App
 from ._app import TaskSpec as TaskSpec
+from ._auth import TokensError as TokensError
+from ._auth import load_tokens as load_tokens
+from ._client import Client as Client
+from ._client import ClientError as ClientError
+from ._client import open_client as open_client
 from ._context import TaskContext as TaskContext
 from ._context import TaskData as TaskData
 from ._errors import ActorsError as ActorsError
@@ -32,12 +37,15 @@ from ._messages import Request as Request
 from ._messages import Signal as Signal
 from ._runtime import Runtime as Runtime
 from ._runtime import open_runtime as open_runtime
+from ._server import serve_websocket as serve_websocket
 
 __all__ = [
     "ActorStoppedError",
     "ActorsError",
     "AllEventsStream",
     "App",
+    "Client",
+    "ClientError",
     "EventStream",
     "HeartbeatTimeoutError",
     "InvalidTransition",
@@ -63,6 +71,10 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskTimeoutError",
+    "TokensError",
     "UnknownTaskName",
+    "load_tokens",
+    "open_client",
     "open_runtime",
+    "serve_websocket",
 ]

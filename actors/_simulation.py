@@ -351,3 +351,16 @@ def run_simulation(seed: int, *, tasks: int = 4, operations: int = 40) -> Simula
     finally:
         scheduler_rng.setstate(saved_scheduler)
         random.setstate(saved_global)
+
+
+def soak(seeds: range, *, tasks: int = 5, operations: int = 60) -> int:
+    """Run the simulation over many seeds; print each failure; return how many failed."""
+    failed = 0
+    for seed in seeds:
+        try:
+            run_simulation(seed, tasks=tasks, operations=operations)
+        except SimulationFailure as failure:
+            failed += 1
+            print(failure, flush=True)
+    print(f"soak: {len(seeds)} seeds, {failed} failed", flush=True)
+    return failed

@@ -25,7 +25,13 @@ import storage
 from ._app import App
 from ._faults import CrashPoint, Point
 from ._runtime import Runtime, open_runtime
-from ._simulation import SimulationFailure, SimulationReport, run_simulation, simulation_app
+from ._simulation import (
+    SimulationFailure,
+    SimulationReport,
+    run_simulation,
+    simulation_app,
+    soak,
+)
 
 __all__ = [
     "CrashPoint",
@@ -38,6 +44,7 @@ __all__ = [
     "open_test_runtime",
     "run_simulation",
     "simulation_app",
+    "soak",
     "steal_lease",
     "stop_heartbeats",
     "wait_idle",

@@ -29,7 +29,7 @@ def encode(value: Any) -> str:
     """
     try:
         return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"value of type {type(value).__name__} is not JSON-serializable: {exc}"
         ) from exc

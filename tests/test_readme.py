@@ -28,7 +28,22 @@ def test_readme_embedding_example_runs(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(README.parent)},
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert "'published': True" in lines[-2]
-    assert "'total_tokens': 160" in lines[-1]
+    last = done.stdout.splitlines()[-1]
+    assert "'published': True" in last and "'total_tokens': 160" in last
     assert (tmp_path / "tasks.db").exists()
+
+
+def test_readme_testing_example_passes(tmp_path: Path) -> None:
+    example = python_blocks()[-1]
+    (tmp_path / "test_example.py").write_text(example)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(tmp_path / "test_example.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(README.parent)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout

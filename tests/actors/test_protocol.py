@@ -1,0 +1,294 @@
+"""The websocket protocol without sockets: parsing, frames, error codes, the outbox.
+
+``actors._protocol`` is sans-IO (tested without trio); ``actors._outbox`` is
+the bounded coalescing send queue of a connection (tested with trio events
+only, no sockets).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import actors
+import storage
+from actors import Signal, TaskState
+from actors._lifecycle import Strategy
+from actors._outbox import Outbox
+from actors._protocol import (
+    ERROR_CODES,
+    MAX_DEPTH,
+    OPERATIONS,
+    Auth,
+    Cancel,
+    ErrorCode,
+    Get,
+    History,
+    ListTasks,
+    ProtocolError,
+    Send,
+    SignalTask,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    Usage,
+    encode_event,
+    end_frame,
+    error_code,
+    error_frame,
+    events_frame,
+    lagged_frame,
+    parse_frame,
+    reply_frame,
+)
+
+
+def parse(**frame: Any) -> Any:
+    return parse_frame(json.dumps(frame)).op
+
+
+# -- parsing ------------------------------------------------------------------------------
+def test_every_op_parses_into_its_typed_request() -> None:
+    assert parse(op="auth", token="t") == Auth("t")
+    assert parse(op="submit", name="n", input=[1], thread_id="t", strategy="reject") == Submit(
+        "n", [1], thread_id="t", strategy=Strategy.REJECT
+    )
+    assert parse(op="send", task_id="a", input=None) == Send("a", None)
+    assert parse(op="cancel", task_id="a", reason="r") == Cancel("a", "r")
+    assert parse(op="signal", task_id="a", signal="pause") == SignalTask("a", Signal.PAUSE)
+    assert parse(op="get", task_id="a") == Get("a")
+    assert parse(op="list", states=["running"], limit=2) == ListTasks(
+        states=(TaskState.RUNNING,), limit=2
+    )
+    assert parse(op="history", task_id="a", after=3) == History("a", 3)
+    assert parse(op="subscribe", task_id="a", after=4) == Subscribe("a", 4)
+    assert parse(op="subscribe", after={"a": 1}) == Subscribe(None, {"a": 1})
+    assert parse(op="unsubscribe", sub="s1") == Unsubscribe("s1")
+    assert parse(op="usage", thread_id="t") == Usage("t")
+    assert set(OPERATIONS) == {
+        "auth",
+        "submit",
+        "send",
+        "cancel",
+        "signal",
+        "get",
+        "list",
+        "history",
+        "subscribe",
+        "unsubscribe",
+        "usage",
+    }
+
+
+def test_the_request_id_is_echoed_when_it_can_be_read() -> None:
+    assert parse_frame('{"id": "x", "op": "list"}').id == "x"
+    assert parse_frame('{"id": 7, "op": "list"}').id == 7
+    assert parse_frame('{"op": "list"}').id is None
+    with pytest.raises(ProtocolError) as error:
+        parse_frame('{"id": 9, "op": "get", "task_id": 1}')
+    assert error.value.request_id == 9
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "message"),
+    [
+        ("{", ErrorCode.BAD_JSON, "malformed JSON"),
+        ("[" * 100_000, ErrorCode.BAD_JSON, "malformed JSON"),
+        ('{"op": "list", "limit": Infinity}', ErrorCode.BAD_JSON, "Infinity is not JSON"),
+        (b"{}", ErrorCode.BAD_JSON, "binary"),
+        ('"list"', ErrorCode.BAD_REQUEST, "a request is a JSON object"),
+        ('{"id": true, "op": "list"}', ErrorCode.BAD_REQUEST, "id: expected"),
+        ('{"op": "fly"}', ErrorCode.UNKNOWN_OP, "unknown op 'fly'"),
+        ('{"op": "get"}', ErrorCode.BAD_REQUEST, "get.task_id: required field missing"),
+        ('{"op": "get", "task_id": 1}', ErrorCode.BAD_REQUEST, "get.task_id: expected a string"),
+        ('{"op": "list", "limit": true}', ErrorCode.BAD_REQUEST, "list.limit: expected an int"),
+        ('{"op": "list", "limit": 0}', ErrorCode.BAD_REQUEST, "list.limit: expected 1 to"),
+        ('{"op": "list", "states": "x"}', ErrorCode.BAD_REQUEST, "list.states: expected a list"),
+        ('{"op": "list", "states": ["x"]}', ErrorCode.BAD_REQUEST, "expected one of pending"),
+        ('{"op": "signal", "task_id": "a", "signal": "go"}', ErrorCode.BAD_REQUEST, "stop"),
+        ('{"op": "submit", "name": "n"}', ErrorCode.BAD_REQUEST, "submit.input: required"),
+        ('{"op": "submit", "name": "n", "input": 1, "metadata": []}', ErrorCode.BAD_REQUEST, ""),
+        ('{"op": "get", "task_id": "a", "x": 1}', ErrorCode.BAD_REQUEST, "extra fields"),
+        ('{"op": "subscribe", "task_id": "a", "after": {}}', ErrorCode.BAD_REQUEST, "a seq"),
+        ('{"op": "subscribe", "after": 2}', ErrorCode.BAD_REQUEST, "after: expected an object"),
+        ('{"op": "subscribe", "after": {"a": -1}}', ErrorCode.BAD_REQUEST, ">= 0"),
+        ('{"op": "usage", "thread_id": "t", "include_active": 1}', ErrorCode.BAD_REQUEST, ""),
+    ],
+)
+def test_a_bad_frame_raises_a_protocol_error_with_a_stable_code(
+    frame: str | bytes, code: ErrorCode, message: str
+) -> None:
+    with pytest.raises(ProtocolError) as error:
+        parse_frame(frame)
+    assert error.value.code is code
+    assert message in error.value.message
+
+
+def test_frames_nested_too_deep_or_too_large_are_refused() -> None:
+    deep = {"op": "submit", "name": "n", "input": json.loads("[" * MAX_DEPTH + "]" * MAX_DEPTH)}
+    with pytest.raises(ProtocolError) as error:
+        parse_frame(json.dumps(deep))
+    assert error.value.code is ErrorCode.BAD_REQUEST
+    shallow = json.dumps({**deep, "input": json.loads("[" * 60 + "]" * 60)})
+    assert parse_frame(shallow)
+    with pytest.raises(ProtocolError) as error:
+        parse_frame('{"op": "list", "thread_id": "ééé"}', max_frame=34)
+    assert error.value.code is ErrorCode.TOO_LARGE  # 32 characters, 35 bytes
+
+
+# -- errors of the runtime ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (actors.TaskNotFound("a"), ErrorCode.NOT_FOUND),
+        (actors.UnknownTaskName("n"), ErrorCode.UNKNOWN_NAME),
+        (actors.TaskExists("a"), ErrorCode.CONFLICT),
+        (actors.NotCancelable("cancel", "completed"), ErrorCode.NOT_CANCELABLE),
+        (actors.RequestRejected("request", "running"), ErrorCode.REJECTED),
+        (actors.InvalidTransition("resume", "running"), ErrorCode.INVALID_TRANSITION),
+        (actors.RuntimeClosedError("closing"), ErrorCode.UNAVAILABLE),
+        (actors.TaskOwnedElsewhere("a", "node-b"), ErrorCode.UNAVAILABLE),
+        (actors.ActorStoppedError("stopped"), ErrorCode.UNAVAILABLE),
+        (storage.BackendUnavailableError("down"), ErrorCode.UNAVAILABLE),
+        (TypeError("value of type set is not JSON-serializable"), ErrorCode.BAD_REQUEST),
+        (ProtocolError(ErrorCode.TOO_MANY_SUBSCRIPTIONS, "many"), ErrorCode.TOO_MANY_SUBSCRIPTIONS),
+    ],
+)
+def test_runtime_errors_map_to_codes(exc: BaseException, code: ErrorCode) -> None:
+    assert error_code(exc) == (code, str(exc))
+
+
+def test_an_unexpected_error_is_internal_and_its_text_is_not_shown() -> None:
+    code, message = error_code(KeyError("secret detail"))
+    assert code is ErrorCode.INTERNAL and "secret" not in message
+    code, message = error_code(storage.CorruptStoreError("secret detail"))
+    assert code is ErrorCode.INTERNAL and "secret" not in message
+    assert all(isinstance(code, ErrorCode) for _, code in ERROR_CODES)
+
+
+# -- frames out ---------------------------------------------------------------------------
+def test_replies_and_events_are_json_in_the_documented_shapes() -> None:
+    event = actors.TaskEvent("t", 3, "tick", 1.5, {"i": [1, 2]})
+    encoded = encode_event(event)
+    assert json.loads(encoded) == {
+        "task_id": "t",
+        "seq": 3,
+        "kind": "tick",
+        "at": 1.5,
+        "data": {"i": [1, 2]},
+    }
+    assert json.loads(events_frame("s1", [encoded])) == {
+        "op": "event",
+        "sub": "s1",
+        "event": json.loads(encoded),
+    }
+    assert json.loads(events_frame("s1", [encoded, encoded])) == {
+        "op": "events",
+        "sub": "s1",
+        "events": [json.loads(encoded)] * 2,
+    }
+    assert json.loads(end_frame("s1")) == {"op": "end", "sub": "s1"}
+    assert json.loads(lagged_frame("s1", 7)) == {"op": "lagged", "sub": "s1", "resume_after": 7}
+    assert json.loads(lagged_frame("s2", {"t": 2})) == {
+        "op": "lagged",
+        "sub": "s2",
+        "resume_after": {"t": 2},
+    }
+    assert json.loads(reply_frame(4, {"state": TaskState.RUNNING})) == {
+        "id": 4,
+        "ok": True,
+        "result": {"state": "running"},
+    }
+    assert json.loads(error_frame(None, ErrorCode.NOT_FOUND, "no")) == {
+        "id": None,
+        "ok": False,
+        "error": {"code": "not_found", "message": "no"},
+    }
+
+
+# -- the outbox ---------------------------------------------------------------------------
+def joined(sub: str, events: list[str]) -> str:
+    return f"{sub}:{','.join(events)}"
+
+
+async def test_events_waiting_together_leave_as_one_frame_in_order() -> None:
+    outbox = Outbox(joined, max_pending=10)
+    outbox.put_control("reply-1")
+    for event in "abc":
+        assert outbox.offer_event("s1", event)
+    outbox.offer_event("s2", "x")
+    outbox.offer_event("s1", "d")
+    assert [await outbox.get() for _ in range(3)] == ["reply-1", "s1:a,b,c,d", "s2:x"]
+    outbox.offer_event("s1", "e")  # the earlier batch left: a new one
+    assert await outbox.get() == "s1:e"
+
+
+async def test_a_control_frame_of_a_subscription_closes_its_batch() -> None:
+    outbox = Outbox(joined, max_pending=10)
+    outbox.offer_event("s1", "a")
+    outbox.put_control("end-s1", "s1")
+    outbox.offer_event("s1", "b")
+    assert [await outbox.get() for _ in range(3)] == ["s1:a", "end-s1", "s1:b"]
+
+
+async def test_batches_are_bounded_by_count_and_size() -> None:
+    outbox = Outbox(joined, max_pending=100, max_batch=3, max_batch_size=5)
+    for event in ["a", "b", "c", "dddddd", "e", "f"]:
+        outbox.offer_event("s", event)
+    assert [await outbox.get() for _ in range(3)] == ["s:a,b,c", "s:dddddd", "s:e,f"]
+
+
+async def test_events_beyond_max_pending_are_refused_until_the_writer_drains() -> None:
+    outbox = Outbox(joined, max_pending=2)
+    assert outbox.offer_event("s", "a") and outbox.offer_event("s", "b")
+    assert not outbox.offer_event("s", "c")
+    assert outbox.statistics().pending_events == 2
+    room = trio.Event()
+
+    async def wait_for_room() -> None:
+        await outbox.wait_room()
+        room.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_for_room)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not room.is_set()
+        assert await outbox.get() == "s:a,b"
+        await room.wait()
+    assert outbox.offer_event("s", "c")
+
+
+async def test_discard_drops_a_subscriptions_queued_events() -> None:
+    outbox = Outbox(joined, max_pending=10)
+    outbox.offer_event("s1", "a")
+    outbox.put_control("reply")
+    outbox.offer_event("s2", "b")
+    outbox.offer_event("s1", "c")
+    outbox.discard("s1")
+    assert outbox.statistics().pending_events == 1
+    assert [await outbox.get() for _ in range(2)] == ["reply", "s2:b"]
+
+
+async def test_the_reader_waits_while_too_many_replies_wait() -> None:
+    outbox = Outbox(joined, max_pending=10, max_control=2)
+    outbox.put_control("r1")
+    outbox.put_control("r2")
+    with trio.move_on_after(0) as scope:  # would block: a cancelled wait returns nothing
+        await outbox.wait_control_room()
+    assert scope.cancelled_caught
+    assert await outbox.get() == "r1"
+    await outbox.wait_control_room()
+
+
+async def test_close_drops_everything_and_wakes_the_writer() -> None:
+    outbox = Outbox(joined, max_pending=1)
+    outbox.offer_event("s", "a")
+    outbox.close()
+    assert outbox.offer_event("s", "b")  # dropped
+    await outbox.wait_room()
+    with pytest.raises(trio.ClosedResourceError):
+        await outbox.get()
