@@ -429,10 +429,15 @@ class Runtime:
             raise TaskFailed.from_record(task_id, stored)
         raise TaskCancelled(task_id, info.error)
 
-    async def usage(self, thread_id: str, *, include_active: bool = False) -> dict[str, Any]:
-        """Token usage of a thread (see Store.aggregate_tokens_by_thread)."""
+    async def usage(
+        self, thread_id: str, *, include_active: bool = False, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Token usage of a thread (see Store.aggregate_tokens_by_thread); with
+        ``user_id``, of that user's tasks only."""
         self._check_open()
-        return await self.store.aggregate_tokens_by_thread(thread_id, include_active)
+        return await self.store.aggregate_tokens_by_thread(
+            thread_id, include_active, user_id=user_id
+        )
 
     def statistics(self) -> dict[str, Any]:
         """Live actors, orphaned tasks, store batches and writes, watches."""

@@ -99,15 +99,6 @@ GOING_AWAY: Final = 1001
 INTERNAL_ERROR: Final = 1011
 #: Events read back from the store per query when an all-tasks subscription replays.
 _HISTORY_PAGE: Final = 500
-#: What ``usage`` returns for a thread with none of the user's tasks.
-_NO_USAGE: Final[Mapping[str, Any]] = {
-    "total_tokens": 0,
-    "total_input_tokens": 0,
-    "total_output_tokens": 0,
-    "total_runs": 0,
-    "by_model": {},
-    "by_caller": {},
-}
 
 
 @attrs.frozen
@@ -451,22 +442,10 @@ class _Connection:
         return {"user_id": self.user_id}
 
     async def _usage(self, op: Usage) -> Any:
-        """Token usage of a thread, counting only this user's tasks.
-
-        ``rt.usage`` aggregates a thread across users, so a thread id that
-        another user's tasks share is refused rather than mixed in.
-        """
-        if self.user_id is not None:
-            owners = {info.user_id for info in await self.rt.list(thread_id=op.thread_id)}
-            if self.user_id not in owners:
-                return dict(_NO_USAGE)
-            if len(owners) > 1:
-                raise ProtocolError(
-                    ErrorCode.CONFLICT,
-                    f"thread {op.thread_id!r} has tasks of other users; use a thread id "
-                    "of your own",
-                )
-        return await self.rt.usage(op.thread_id, include_active=op.include_active)
+        """Token usage of a thread, counting only this user's tasks."""
+        return await self.rt.usage(
+            op.thread_id, include_active=op.include_active, user_id=self.user_id
+        )
 
     # -- subscriptions ---------------------------------------------------------------
     async def _subscribe(self, request_id: RequestId, op: Subscribe) -> object:

@@ -100,11 +100,13 @@ class Backend(Protocol):
     def get_deterministic_value(self, workflow_id: str, key: str) -> str | None: ...
 
     # -- usage and nodes -----------------------------------------------------
-    def aggregate_tokens_by_thread(self, thread_id: str, include_active: bool) -> dict[str, Any]:
+    def aggregate_tokens_by_thread(
+        self, thread_id: str, include_active: bool, user_id: str | None = None
+    ) -> dict[str, Any]:
         """Token usage of a thread's tasks: keys total_tokens, total_input_tokens,
         total_output_tokens, total_runs, by_model ({model: {"tokens", "runs"}}),
         by_caller ({caller: tokens}). Only tasks in a terminal state count,
-        unless include_active."""
+        unless include_active; only tasks of ``user_id`` when given."""
         ...
 
     def list_nodes(self, now: float) -> list[NodeRecord]:

@@ -465,7 +465,9 @@ class MemoryBackend:
         return self._deterministic.get((workflow_id, key))
 
     # -- usage and nodes -------------------------------------------------------------
-    def aggregate_tokens_by_thread(self, thread_id: str, include_active: bool) -> dict[str, Any]:
+    def aggregate_tokens_by_thread(
+        self, thread_id: str, include_active: bool, user_id: str | None = None
+    ) -> dict[str, Any]:
         """Token usage of a thread's tasks (thread from each usage report).
 
         Only tasks in a terminal state count, unless include_active. Runs are
@@ -482,6 +484,8 @@ class MemoryBackend:
                 continue
             record = self._tasks.get(usage.task_id)
             if record is None or not (include_active or record.state.terminal):
+                continue
+            if user_id is not None and record.user_id != user_id:
                 continue
             tokens = usage.input_tokens + usage.output_tokens
             total_input += usage.input_tokens

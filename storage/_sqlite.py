@@ -513,7 +513,9 @@ class SQLiteBackend:
         return self._value("deterministic_values", workflow_id, key)
 
     # -- reads: usage and nodes ------------------------------------------------------
-    def aggregate_tokens_by_thread(self, thread_id: str, include_active: bool) -> dict[str, Any]:
+    def aggregate_tokens_by_thread(
+        self, thread_id: str, include_active: bool, user_id: str | None = None
+    ) -> dict[str, Any]:
         """Token usage of a thread's tasks: keys total_tokens, total_input_tokens,
         total_output_tokens, total_runs, by_model ({model: {"tokens", "runs"}}),
         by_caller ({caller: tokens}). Only tasks in a terminal state count,
@@ -525,10 +527,14 @@ class SQLiteBackend:
             " FROM usage JOIN tasks ON tasks.id = usage.task_id"
             " WHERE usage.thread_id = ?"
         )
+        parameters: tuple[str, ...] = (thread_id,)
         if not include_active:
             sql += f" AND tasks.state IN ({_TERMINAL})"
+        if user_id is not None:
+            sql += " AND tasks.user_id = ?"
+            parameters = (thread_id, user_id)
         # One statement, so the figures come from one snapshot.
-        rows = self._read(lambda connection: connection.execute(sql, (thread_id,)).fetchall())
+        rows = self._read(lambda connection: connection.execute(sql, parameters).fetchall())
 
         total_input = total_output = 0
         tasks: set[str] = set()

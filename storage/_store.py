@@ -279,12 +279,14 @@ class Store:
         await self.write(TaskWrite(usage.task_id, usage=(usage,)))
 
     async def aggregate_tokens_by_thread(
-        self, thread_id: str, include_active: bool = False
+        self, thread_id: str, include_active: bool = False, *, user_id: str | None = None
     ) -> dict[str, Any]:
         """Token usage of a thread: total_tokens, total_input_tokens,
         total_output_tokens, total_runs, by_model, by_caller. Only finished
-        tasks count unless include_active."""
-        return await self._read(self.backend.aggregate_tokens_by_thread, thread_id, include_active)
+        tasks count unless include_active; only ``user_id``'s tasks when given."""
+        return await self._read(
+            self.backend.aggregate_tokens_by_thread, thread_id, include_active, user_id
+        )
 
     # -- keyed state with TTL (the interrupt backend) ---------------------------
     async def set_task_state(self, key: str, state: TaskState, ttl: float | None = 3600) -> None:

@@ -330,8 +330,13 @@ async def test_another_users_task_reads_as_not_found_for_every_op() -> None:
         assert await u2.error("submit", name="echo", input=1, task_id=task_id) == "conflict"
         # Nothing u2 did touched the task.
         assert (await u1.ok("get", task_id=task_id))["state"] == "running"
-        await u2.ok("submit", name="echo", input=1, thread_id="mine")
-        assert await u1.error("usage", thread_id="mine") == "conflict"
+        # A thread shared by two users: each sees only its own tasks' usage.
+        theirs = await u2.ok("submit", name="ask", input=None, thread_id="mine")
+        await served.rt.wait(theirs["id"], states=["input_required"])
+        await u2.ok("send", task_id=theirs["id"], input="answer")
+        await served.rt.wait(theirs["id"])
+        assert (await u2.ok("usage", thread_id="mine"))["total_tokens"] == 15
+        assert (await u1.ok("usage", thread_id="mine", include_active=True))["total_tokens"] == 0
         served.gates.open("iso")
         assert (await served.rt.wait(task_id)).state is S.COMPLETED
 

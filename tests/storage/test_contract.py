@@ -1036,6 +1036,30 @@ async def test_aggregate_of_a_thread_without_usage_is_zero(usage_store: storage.
     }
 
 
+async def test_aggregate_for_a_user_counts_only_that_users_tasks(store: storage.Store) -> None:
+    await put(
+        store,
+        make_task("mine", user_id="u1", thread_id="th1", state=TaskState.COMPLETED),
+        make_task("theirs", user_id="u2", thread_id="th1", state=TaskState.COMPLETED),
+    )
+    await store.record_usage(usage("mine", "k1", "m1", 10, 5))
+    await store.record_usage(usage("theirs", "k1", "m1", 1000, 500))
+    mine = await store.aggregate_tokens_by_thread("th1", user_id="u1")
+    theirs = await store.aggregate_tokens_by_thread("th1", user_id="u2")
+    everyone = await store.aggregate_tokens_by_thread("th1")
+    assert (mine["total_tokens"], mine["total_runs"]) == (15, 1)
+    assert (theirs["total_tokens"], theirs["total_runs"]) == (1500, 1)
+    assert (everyone["total_tokens"], everyone["total_runs"]) == (1515, 2)
+    assert await store.aggregate_tokens_by_thread("th1", user_id="nobody") == {
+        "total_tokens": 0,
+        "total_input_tokens": 0,
+        "total_output_tokens": 0,
+        "total_runs": 0,
+        "by_model": {},
+        "by_caller": {},
+    }
+
+
 async def test_aggregate_counts_a_task_once_it_finishes(usage_store: storage.Store) -> None:
     await usage_store.update_status("active", TaskState.COMPLETED)
     totals = await usage_store.aggregate_tokens_by_thread("th1")
