@@ -39,18 +39,18 @@ class Watch:
     """One subscriber's bounded buffer of live events."""
 
     def __init__(
-        self, task_id: str | None, predicate: Callable[[StoredEvent], bool] | None, capacity: int
+        self, task_id: str | None, predicate: Callable[[TaskEvent], bool] | None, capacity: int
     ) -> None:
         self.task_id = task_id
         self.predicate = predicate
         self.capacity = capacity
-        self.buffer: collections.deque[StoredEvent] = collections.deque()
+        self.buffer: collections.deque[TaskEvent] = collections.deque()
         self.lagged = False
         #: Set when the hub closes (the runtime is closing).
         self.closed = False
         self._wakeup = trio.Event()
 
-    def offer(self, event: StoredEvent) -> None:
+    def offer(self, event: TaskEvent) -> None:
         if self.lagged:
             return
         if self.predicate is not None and not self.predicate(event):
@@ -86,8 +86,12 @@ class EventHub:
         """Offer committed events to every interested watch (never blocks)."""
         by_task = self._by_task
         everyone = self._global
-        for event in events:
-            watches = by_task.get(event.task_id)
+        for stored in events:
+            watches = by_task.get(stored.task_id)
+            if not watches and not everyone:
+                continue
+            # Decoded once here, shared by every subscriber.
+            event = TaskEvent.from_stored(stored)
             if watches:
                 for watch in watches:
                     watch.offer(event)
@@ -106,7 +110,7 @@ class EventHub:
     def watch(
         self,
         task_id: str | None,
-        predicate: Callable[[StoredEvent], bool] | None = None,
+        predicate: Callable[[TaskEvent], bool] | None = None,
         capacity: int | None = None,
     ) -> Watch:
         """Register a watch for one task, or for every task the predicate accepts."""
@@ -160,13 +164,14 @@ class EventStream:
         self._capacity = capacity
         self._resume_on_lag = resume_on_lag
         self._watch: Watch | None = None
-        self._backlog: collections.deque[StoredEvent] = collections.deque()
+        self._backlog: collections.deque[TaskEvent] = collections.deque()
         self._ended = False
         self._closed = False
 
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
-        self._backlog.extend(await self._store.read_events(self.task_id, self.last_seq))
+        history = await self._store.read_events(self.task_id, self.last_seq)
+        self._backlog.extend(TaskEvent.from_stored(stored) for stored in history)
         if not self._backlog:
             # Subscribed at or past the end of a finished task: nothing will come.
             record = await self._store.get_task(self.task_id)
@@ -188,16 +193,15 @@ class EventStream:
             if self._ended or self._closed:
                 raise StopAsyncIteration
             while self._backlog:
-                stored = self._backlog.popleft()
-                if stored.seq <= self.last_seq:
+                event = self._backlog.popleft()
+                if event.seq <= self.last_seq:
                     continue
-                if stored.seq != self.last_seq + 1:
+                if event.seq != self.last_seq + 1:
                     # Only possible if events were lost upstream: refuse to paper over it.
                     raise RuntimeError(
-                        f"gap in task {self.task_id} events: {self.last_seq} then {stored.seq}"
+                        f"gap in task {self.task_id} events: {self.last_seq} then {event.seq}"
                     )
-                self.last_seq = stored.seq
-                event = TaskEvent.from_stored(stored)
+                self.last_seq = event.seq
                 if event.terminal:
                     self._ended = True
                     self.close()
@@ -235,7 +239,7 @@ class AllEventsStream:
         self._store = store
         self._user_id = user_id
         self._watch = hub.watch(None, capacity=capacity)
-        self._backlog: collections.deque[StoredEvent] = collections.deque()
+        self._backlog: collections.deque[TaskEvent] = collections.deque()
         #: task id -> user id, for the tasks seen so far.
         self._owners: dict[str, str | None] = {}
 
@@ -245,7 +249,7 @@ class AllEventsStream:
     def __aiter__(self) -> AllEventsStream:
         return self
 
-    async def _visible(self, event: StoredEvent) -> bool:
+    async def _visible(self, event: TaskEvent) -> bool:
         if self._user_id is None:
             return True
         if event.task_id not in self._owners:
@@ -256,9 +260,9 @@ class AllEventsStream:
     async def __anext__(self) -> TaskEvent:
         while True:
             while self._backlog:
-                stored = self._backlog.popleft()
-                if await self._visible(stored):
-                    return TaskEvent.from_stored(stored)
+                event = self._backlog.popleft()
+                if await self._visible(event):
+                    return event
             watch = self._watch
             if watch.lagged:
                 raise SubscriptionLagged(None, 0)
