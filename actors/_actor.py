@@ -500,6 +500,7 @@ class TaskActor:
                     exception=exception_record(failure, retryable=retryable),
                     error=text,
                     inbox_clear=bool(self.inbox),
+                    release=True,
                 )
                 self.inbox.clear()
             return
@@ -530,6 +531,7 @@ class TaskActor:
                             events=self._drop_events(),
                             result=text,
                             inbox_clear=bool(self.inbox),
+                            release=True,
                         )
                         self.inbox.clear()
                 return None
@@ -602,10 +604,17 @@ class TaskActor:
         # (a message that comes meanwhile revives nothing; the lifecycle answers it).
         self.runtime._forget(self)
         self._send.close()
-        await self.runtime._cancel_children(self.task_id)
+        if self._spawned():
+            await self.runtime._cancel_children(self.task_id)
         await self._release()
 
+    def _spawned(self) -> bool:
+        """Whether this task ever spawned a child (its journal says so)."""
+        return any(entry.kind == "spawn" for entry in self.journal.values())
+
     async def _release(self) -> None:
+        if self.record.owner is None:
+            return  # a terminal write let go of it already
         # Refused if someone claimed it meanwhile: then it is theirs to release.
         with contextlib.suppress(StorageError):
             await self._flush()
@@ -728,7 +737,12 @@ class TaskActor:
         self._pause_requested = False
         data = {"reason": reason} if reason else None
         await self._transition(
-            Command.CANCEL, data, events=self._drop_events(), inbox_clear=bool(self.inbox)
+            Command.CANCEL,
+            data,
+            events=self._drop_events(),
+            inbox_clear=bool(self.inbox),
+            release=True,
         )
         self.inbox.clear()
-        await self.runtime._cancel_children(self.task_id)
+        if self._spawned():
+            await self.runtime._cancel_children(self.task_id)
