@@ -1,0 +1,410 @@
+"""Scenario a: durable throughput of 3-step tasks on SQLite, and its baselines.
+
+Ours: N tasks submitted concurrently (one trio task per submit) to a runtime
+on a fresh SQLite file (WAL, synchronous=FULL); each runs 3 durable steps of
+an async function and returns. A task counts when its ``completed`` state
+event is committed (a commit listener on the store: no extra reads). The
+figures: tasks/s, committed events/s, commits (storage batches) per task,
+store writes per task, submits/s.
+
+Baselines, in the same run:
+ (i)  naive: plain ``sqlite3``, the same schema, the same writes the runtime
+      makes for a task (insert the task and its pending event; then per
+      write: read the task row, update it, insert its events, journal
+      entry or result), one transaction (one fsync) per write, one task
+      after another;
+ (ii) the raw SQLite ceiling: the rows our run inserted (tasks, events,
+      journal entries, results: counted in its file) inserted again with
+      ``executemany`` in transactions of 1,000 rows, as tasks/s;
+ (iii) DBOS on its SQLite system database (WAL set on the file, FULL sync),
+      the same 3-step workflow (and, in a full run, DBOS's default rollback
+      journal too);
+ (iv) a2a-sdk's request handler with its SQLite task store (and in memory).
+The peers run in child processes (asyncio stays out of this process).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+import trio
+
+import actors
+from storage._sqlite_schema import MIGRATIONS
+
+from ._common import (
+    SQLITE_BATCHED,
+    TRIO_SPAWN,
+    Bench,
+    ChildError,
+    log,
+    run_child,
+    wait_with_progress,
+)
+
+app = actors.App()
+
+
+async def _add_one(value: int) -> int:
+    return value + 1
+
+
+@app.task("three_steps")
+async def three_steps(ctx: actors.TaskContext, request: actors.Request) -> int:
+    value = await ctx.step("one", _add_one, request.input)
+    value = await ctx.step("two", _add_one, value)
+    return int(await ctx.step("three", _add_one, value))
+
+
+async def _ours(n: int, path: str) -> dict[str, Any]:
+    async with actors.open_runtime(app, store=f"sqlite:///{path}", node_id="bench") as rt:
+        await rt.result((await rt.submit("three_steps", 0)).id)  # warm up
+        completed = 0
+        committed = 0
+        all_done = trio.Event()
+
+        def on_commit(events: Any) -> None:
+            nonlocal completed, committed
+            committed += len(events)
+            for event in events:
+                if event.kind == "state" and '"to":"completed"' in event.data:
+                    completed += 1
+            if completed >= n:
+                all_done.set()
+
+        before = rt.store.statistics()
+        remove = rt.store.add_commit_listener(on_commit)
+        started = time.perf_counter()
+        submitted_at = 0.0
+        try:
+
+            async def submit(i: int) -> None:
+                await rt.submit("three_steps", i)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(submit, i)
+            submitted_at = time.perf_counter()
+            if not await wait_with_progress(all_done, lambda: committed):
+                raise RuntimeError(f"the run stalled: {completed} of {n} tasks completed")
+            elapsed = time.perf_counter() - started
+        finally:
+            remove()
+        after = rt.store.statistics()
+    batches = after["batches"] - before["batches"]
+    writes = after["writes"] - before["writes"]
+    connection = sqlite3.connect(path)
+    rows = {
+        table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - 0
+        for table in ("tasks", "events", "journal", "results")
+    }
+    connection.close()
+    return {
+        "n": n,
+        "elapsed": elapsed,
+        "tasks_per_s": n / elapsed,
+        "events_per_s": committed / elapsed,
+        "events": committed,
+        "commits_per_task": batches / n,
+        "writes_per_task": writes / n,
+        "submits_per_s": n / (submitted_at - started),
+        # Rows the run inserted, per task (the warm-up task included in the counts).
+        "rows": {table: count / (n + 1) for table, count in rows.items()},
+    }
+
+
+def _schema(connection: sqlite3.Connection) -> None:
+    for migration in MIGRATIONS:
+        for statement in migration:
+            connection.execute(statement)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    _schema(connection)
+    return connection
+
+
+_TASK_COLUMNS = (
+    "id, name, state, input, created_at, updated_at, root_id, owner, lease_expires, epoch, last_seq"
+)
+
+
+def _naive_write(
+    execute: Any,
+    task_id: str,
+    state: str | None,
+    events: list[tuple[str, str]],
+    journal: tuple[int, str, str] | None = None,
+    result: str | None = None,
+    release: bool = False,
+) -> None:
+    """One of the runtime's task writes, as its own transaction."""
+    execute("BEGIN IMMEDIATE")
+    row = execute(
+        "SELECT state, epoch, lease_expires, last_seq FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()
+    last_seq = row[3]
+    now = time.time()
+    sets = "updated_at = ?, last_seq = ?"
+    values: list[Any] = [now, last_seq + len(events)]
+    if state is not None:
+        sets += ", state = ?"
+        values.append(state)
+    if release:
+        sets += ", owner = NULL, lease_expires = NULL"
+    execute(f"UPDATE tasks SET {sets} WHERE id = ?", (*values, task_id))
+    for number, (kind, data) in enumerate(events, start=1):
+        execute(
+            "INSERT INTO events (task_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)",
+            (task_id, last_seq + number, kind, now, data),
+        )
+    if journal is not None:
+        execute(
+            'INSERT OR REPLACE INTO journal (task_id, "index", kind, name, value, run, at)'
+            " VALUES (?, ?, 'step', ?, ?, 1, ?)",
+            (task_id, *journal, now),
+        )
+    if result is not None:
+        execute("INSERT INTO results (task_id, value) VALUES (?, ?)", (task_id, result))
+    execute("COMMIT")
+
+
+def _naive(n: int, path: str) -> dict[str, Any]:
+    """The runtime's writes for n tasks, one transaction per write, sequentially."""
+    connection = _connect(path)
+    execute = connection.execute
+    started = time.perf_counter()
+    transactions = 0
+    for i in range(n):
+        task_id = uuid.uuid4().hex
+        now = time.time()
+        execute("BEGIN IMMEDIATE")
+        execute(
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1)",
+            (task_id, "three_steps", "pending", str(i), now, now, task_id, "bench", now + 30),
+        )
+        execute(
+            "INSERT INTO events (task_id, seq, kind, at, data) VALUES (?, 1, 'state', ?, ?)",
+            (task_id, now, '{"to":"pending","name":"three_steps"}'),
+        )
+        execute("COMMIT")
+        _naive_write(execute, task_id, "running", [("state", '{"from":"pending","to":"running"}')])
+        for index, name in enumerate(("one", "two", "three")):
+            step = json.dumps({"name": name, "index": index})
+            _naive_write(execute, task_id, None, [("step_started", step)])
+            journal = (index, name, str(i + index + 1))
+            _naive_write(execute, task_id, None, [("step_completed", step)], journal=journal)
+        completed = [("state", '{"from":"running","to":"completed"}')]
+        _naive_write(execute, task_id, "completed", completed, result=str(i + 3))
+        _naive_write(execute, task_id, None, [], release=True)
+        transactions += 10
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return {
+        "n": n,
+        "elapsed": elapsed,
+        "tasks_per_s": n / elapsed,
+        "transactions_per_task": transactions / n,
+    }
+
+
+def _raw_ceiling(n: int, rows_per_task: dict[str, float], path: str) -> dict[str, Any]:
+    """Insert the rows of n tasks with executemany, 1,000 rows per transaction."""
+    connection = _connect(path)
+    events = round(rows_per_task.get("events", 9))
+    journal = round(rows_per_task.get("journal", 3))
+    results = round(rows_per_task.get("results", 1))
+    now = time.time()
+    tasks_rows = []
+    event_rows = []
+    journal_rows = []
+    result_rows = []
+    for i in range(n):
+        task_id = uuid.uuid4().hex
+        tasks_rows.append(
+            (task_id, "three_steps", "completed", str(i), now, now, task_id, None, None, 1, events)
+        )
+        event_rows.extend(
+            (task_id, seq, "step_completed", now, '{"name":"one","index":0}')
+            for seq in range(1, events + 1)
+        )
+        journal_rows.extend(
+            (task_id, index, "step", "one", str(i), 1, now) for index in range(journal)
+        )
+        result_rows.extend((task_id, str(i)) for _ in range(results))
+    statements = [
+        (
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tasks_rows,
+        ),
+        ("INSERT INTO events (task_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)", event_rows),
+        (
+            'INSERT INTO journal (task_id, "index", kind, name, value, run, at)'
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            journal_rows,
+        ),
+        ("INSERT INTO results (task_id, value) VALUES (?, ?)", result_rows),
+    ]
+    total = sum(len(rows) for _, rows in statements)
+    started = time.perf_counter()
+    for sql, rows in statements:
+        for start in range(0, len(rows), 1000):
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany(sql, rows[start : start + 1000])
+            connection.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return {
+        "n": n,
+        "rows": total,
+        "rows_per_s": total / elapsed,
+        "tasks_per_s": n / elapsed,
+        "rows_per_task": total / n,
+    }
+
+
+def _peer(b: Bench, key: str, module: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """Run a peer child; print its figure, or why it could not run."""
+    log(f"a: peer {key} ({args['n']} tasks)")
+    try:
+        result = run_child(module, args, timeout=900)
+    except ChildError as exc:
+        missing = "No module named" in str(exc)
+        hint = " (pip install -e '.[bench]')" if missing else ""
+        b.error("a", f"peer.{key}", f"{exc}{hint}")
+        return None
+    extra = {k: v for k, v in result.items() if k not in ("tasks_per_s", "elapsed")}
+    b.emit("a", f"peer.{key}.tasks_per_s", result["tasks_per_s"], "tasks/s", **extra)
+    return result
+
+
+def run(b: Bench) -> None:
+    n = b.size(10_000, 1_000)
+    log(f"a: ours, {n} tasks")
+    ours = trio.run(_ours, n, str(b.path("a-ours.db")))
+    naive: dict[str, Any] | None = None
+    raw: dict[str, Any] | None = None
+    try:
+        naive_n = b.size(500, 100)
+        log(f"a: naive baseline, {naive_n} tasks")
+        naive = _naive(naive_n, str(b.path("a-naive.db")))
+        b.emit(
+            "a",
+            "naive_one_txn_per_write.tasks_per_s",
+            naive["tasks_per_s"],
+            "tasks/s",
+            n=naive_n,
+            transactions_per_task=naive["transactions_per_task"],
+        )
+    except Exception as exc:
+        b.error("a", "naive_one_txn_per_write", repr(exc))
+    try:
+        log("a: raw SQLite ceiling")
+        raw = _raw_ceiling(n, ours["rows"], str(b.path("a-raw.db")))
+        b.emit(
+            "a",
+            "raw_sqlite_ceiling.tasks_per_s",
+            raw["tasks_per_s"],
+            "tasks/s",
+            rows_per_s=raw["rows_per_s"],
+            rows_per_task=raw["rows_per_task"],
+            n=n,
+        )
+    except Exception as exc:
+        b.error("a", "raw_sqlite_ceiling", repr(exc))
+    peer_n = b.size(1_000, 200)
+    dbos = _peer(
+        b, "dbos_sqlite_wal", "bench.peer_dbos", {"n": peer_n, "path": str(b.path("a-dbos.db"))}
+    )
+    if not b.quick:
+        _peer(
+            b,
+            "dbos_sqlite_rollback_journal",
+            "bench.peer_dbos",
+            {"n": b.size(500, 100), "path": str(b.path("a-dbos-j.db")), "journal": "delete"},
+        )
+    a2a = _peer(
+        b,
+        "a2a_sqlite",
+        "bench.peer_a2a",
+        {"n": b.size(1_000, 100), "path": str(b.path("a-a2a.db"))},
+    )
+    if not b.quick:
+        _peer(b, "a2a_memory", "bench.peer_a2a", {"n": 2_000, "path": "", "memory": True})
+
+    rate = ours["tasks_per_s"]
+    common = {"n": n, "elapsed_s": ours["elapsed"]}
+    b.emit(
+        "a",
+        "tasks_per_s",
+        rate,
+        "tasks/s",
+        baseline="naive_one_txn_per_write",
+        baseline_value=naive["tasks_per_s"] if naive else None,
+        target=(">=", 5000),
+        ratio_target=(">=", 10),
+        **common,
+    )
+    b.emit(
+        "a",
+        "tasks_per_s",
+        rate,
+        "tasks/s",
+        baseline="dbos_sqlite_wal",
+        baseline_value=dbos["tasks_per_s"] if dbos else None,
+        ratio_target=(">=", 40),
+        **common,
+    )
+    b.emit(
+        "a",
+        "tasks_per_s",
+        rate,
+        "tasks/s",
+        baseline="a2a_sqlite",
+        baseline_value=a2a["tasks_per_s"] if a2a else None,
+        **common,
+    )
+    b.emit(
+        "a",
+        "tasks_per_s",
+        rate,
+        "tasks/s",
+        baseline="raw_sqlite_ceiling",
+        baseline_value=raw["tasks_per_s"] if raw else None,
+        **common,
+    )
+    b.emit(
+        "a",
+        "committed_events_per_s",
+        ours["events_per_s"],
+        "events/s",
+        baseline=SQLITE_BATCHED,
+        events=ours["events"],
+        **common,
+    )
+    b.emit(
+        "a",
+        "commits_per_task",
+        ours["commits_per_task"],
+        "commits/task",
+        baseline="dbos_sqlite_wal",
+        baseline_value=dbos["commits_per_task"] if dbos else None,
+        better="lower",
+        writes_per_task=ours["writes_per_task"],
+        **common,
+    )
+    b.emit(
+        "a",
+        "submits_per_s",
+        ours["submits_per_s"],
+        "tasks/s",
+        baseline=TRIO_SPAWN,
+        **common,
+    )
