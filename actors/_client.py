@@ -59,6 +59,7 @@ from ._client_errors import (
     connect_error,
     error_from_reply,
 )
+from ._messages import Reply
 from ._subscriptions import Json, Subscription, Watcher, is_terminal
 
 __all__ = [
@@ -105,37 +106,15 @@ def _parse_url(url: str) -> tuple[str, int, str, bool]:
 
 
 # -- one connection --------------------------------------------------------------------------
-class _Slot:
-    """Where a reply lands for the caller waiting on it."""
+class _Slot(Reply):
+    """Where a reply lands for the caller waiting on it (a one-shot Reply)."""
 
-    __slots__ = ("_done", "error", "result", "subscription")
+    __slots__ = ("subscription",)
 
     def __init__(self, subscription: Subscription | None = None) -> None:
-        self._done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
+        super().__init__()
         #: For a subscribe request: registered by the reader when the reply comes.
         self.subscription = subscription
-
-    def resolve(self, result: Any) -> None:
-        if not self._done.is_set():
-            self.result = result
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self.error = error
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class _Connection:

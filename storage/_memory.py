@@ -67,6 +67,7 @@ from ._records import (
     TaskState,
     UsageRecord,
 )
+from ._usage import aggregate_usage
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -473,12 +474,7 @@ class MemoryBackend:
         Only tasks in a terminal state count, unless include_active. Runs are
         distinct tasks; a report without a caller counts under "unknown".
         """
-        total_input = 0
-        total_output = 0
-        tasks: set[str] = set()
-        model_tokens: dict[str, int] = {}
-        model_tasks: dict[str, set[str]] = {}
-        by_caller: dict[str, int] = {}
+        rows = []
         for usage in self._usage.values():
             if usage.thread_id != thread_id:
                 continue
@@ -487,25 +483,10 @@ class MemoryBackend:
                 continue
             if user_id is not None and record.user_id != user_id:
                 continue
-            tokens = usage.input_tokens + usage.output_tokens
-            total_input += usage.input_tokens
-            total_output += usage.output_tokens
-            tasks.add(usage.task_id)
-            model_tokens[usage.model] = model_tokens.get(usage.model, 0) + tokens
-            model_tasks.setdefault(usage.model, set()).add(usage.task_id)
-            caller = usage.caller if usage.caller is not None else "unknown"
-            by_caller[caller] = by_caller.get(caller, 0) + tokens
-        return {
-            "total_tokens": total_input + total_output,
-            "total_input_tokens": total_input,
-            "total_output_tokens": total_output,
-            "total_runs": len(tasks),
-            "by_model": {
-                model: {"tokens": tokens, "runs": len(model_tasks[model])}
-                for model, tokens in model_tokens.items()
-            },
-            "by_caller": by_caller,
-        }
+            rows.append(
+                (usage.task_id, usage.model, usage.caller, usage.input_tokens, usage.output_tokens)
+            )
+        return aggregate_usage(rows)
 
     def list_nodes(self, now: float) -> list[NodeRecord]:
         """Nodes whose lease holds at now, by start time then id."""

@@ -65,6 +65,7 @@ from ._records import (
 )
 from ._sqlite_commands import TASK_COLUMNS, apply_command, columns, key_state, select_task
 from ._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from ._usage import aggregate_usage
 
 T = TypeVar("T")
 
@@ -536,31 +537,7 @@ class SQLiteBackend:
         # One statement, so the figures come from one snapshot.
         rows = self._read(lambda connection: connection.execute(sql, parameters).fetchall())
 
-        total_input = total_output = 0
-        tasks: set[str] = set()
-        model_tokens: dict[str, int] = {}
-        model_tasks: dict[str, set[str]] = {}
-        by_caller: dict[str, int] = {}
-        for task_id, model, caller, input_tokens, output_tokens in rows:
-            tokens = input_tokens + output_tokens
-            total_input += input_tokens
-            total_output += output_tokens
-            tasks.add(task_id)
-            model_tokens[model] = model_tokens.get(model, 0) + tokens
-            model_tasks.setdefault(model, set()).add(task_id)
-            caller_name = caller if caller is not None else "unknown"
-            by_caller[caller_name] = by_caller.get(caller_name, 0) + tokens
-        return {
-            "total_tokens": total_input + total_output,
-            "total_input_tokens": total_input,
-            "total_output_tokens": total_output,
-            "total_runs": len(tasks),
-            "by_model": {
-                model: {"tokens": tokens, "runs": len(model_tasks[model])}
-                for model, tokens in model_tokens.items()
-            },
-            "by_caller": by_caller,
-        }
+        return aggregate_usage(rows)
 
     def list_nodes(self, now: float) -> list[NodeRecord]:
         """Nodes whose lease holds at now, by start time then id."""
