@@ -558,23 +558,41 @@ class Runtime:
             raise RuntimeClosedError("the runtime is closing")
 
     async def _scan(self) -> None:
-        """Claim and start every task this node may own and does not run yet."""
-        for record in await self.store.list_claimable(self.node_id):
-            if self._closing:
-                return
-            if record.id in self._actors or record.id in self._starting:
-                continue
-            if record.name not in self.app:
-                if record.id not in self.orphaned:
-                    log.warning(
-                        "task %s: no handler named %r here; left as it is", record.id, record.name
-                    )
-                self.orphaned[record.id] = record
-                continue
-            try:
-                await self._actor_for(record.id)
-            except (LeaseHeldError, TaskNotFound, UnknownTaskName, RecordNotFoundError):
-                continue
+        """Claim and start every task this node may own and does not run yet.
+
+        Revivals run concurrently (bounded), so their claims share commits:
+        resuming thousands of tasks costs a few transactions, not one each.
+        """
+        limiter = trio.CapacityLimiter(256)
+
+        async def revive(task_id: str) -> None:
+            async with limiter:
+                try:
+                    await self._actor_for(task_id)
+                except (LeaseHeldError, TaskNotFound, UnknownTaskName, RecordNotFoundError):
+                    pass
+                except (RuntimeClosedError, storage.StorageClosedError):
+                    pass
+                except storage.StorageError:
+                    log.exception("task %s: could not claim it", task_id)
+
+        records = await self.store.list_claimable(self.node_id)
+        async with trio.open_nursery() as nursery:
+            for record in records:
+                if self._closing:
+                    break
+                if record.id in self._actors or record.id in self._starting:
+                    continue
+                if record.name not in self.app:
+                    if record.id not in self.orphaned:
+                        log.warning(
+                            "task %s: no handler named %r here; left as it is",
+                            record.id,
+                            record.name,
+                        )
+                    self.orphaned[record.id] = record
+                    continue
+                nursery.start_soon(revive, record.id)
 
     async def _renew_loop(self) -> None:
         while True:
