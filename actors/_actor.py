@@ -127,7 +127,8 @@ class TaskActor:
         self._run_token = 0
         self._hb_scope: trio.CancelScope | None = None
         self._pause_requested = False
-        self._unflushed: list[PendingWrite] = []
+        self._last_write: PendingWrite | None = None
+        self._write_error: StorageError | None = None
         self._lost: ActorsError | None = None
         self.stopped = trio.Event()
 
@@ -214,41 +215,39 @@ class TaskActor:
     def _queue(self, command: TaskWrite) -> None:
         """Queue a fire-and-forget write (its failure is seen at the next flush)."""
         try:
-            self._unflushed.append(self.store.execute_nowait(command))
+            pending = self.store.execute_nowait(command)
         except StorageError:
             return
-        if len(self._unflushed) > 1024:
-            self._check_unflushed(only_done=True)
+        pending.on_error = self._on_write_error
+        self._last_write = pending
 
-    def _check_unflushed(self, only_done: bool = False) -> None:
-        keep: list[PendingWrite] = []
-        for pending in self._unflushed:
-            if not pending.done:
-                if only_done:
-                    keep.append(pending)
-                continue
-            try:
-                pending.outcome_nowait()
-            except StaleEpochError as exc:
-                self._unflushed = keep
-                self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
-                raise self._lost from exc
-            except ConflictError:
-                # An event of a run that a state change already ended: rightly dropped.
-                pass
-            except StorageError:
-                # The store failed to keep an event: the next durable call fails
-                # with it (and the run is retried by its policy) rather than
-                # going on as if it had been written.
-                self._unflushed = keep
-                raise
-        self._unflushed = keep
+    def _on_write_error(self, error: StorageError) -> None:
+        # A ConflictError is an event of a run that a state change already
+        # ended: rightly dropped. Anything else fails the next durable call.
+        if not isinstance(error, ConflictError) and self._write_error is None:
+            self._write_error = error
+
+    def _raise_write_error(self) -> None:
+        error, self._write_error = self._write_error, None
+        if error is None:
+            return
+        if isinstance(error, StaleEpochError):
+            self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
+            raise self._lost from error
+        # The store failed to keep an event: the run fails with it (and is
+        # retried by its policy) rather than going on as if it were written.
+        raise error
 
     async def _flush(self) -> None:
-        """Wait for the queued fire-and-forget writes; raise if ownership was lost."""
-        if self._unflushed:
-            await self._unflushed[-1].wait_quietly()
-            self._check_unflushed()
+        """Wait for the queued fire-and-forget writes; raise if one failed.
+
+        The storage actor answers writes in order, so waiting for the last
+        one is waiting for all of them.
+        """
+        last = self._last_write
+        if last is not None and not last.done:
+            await last.wait_quietly()
+        self._raise_write_error()
 
     def _live(self, ctx: TaskContext) -> bool:
         scope = ctx._scope

@@ -40,16 +40,21 @@ CommitListener = Callable[[Sequence[StoredEvent]], None]
 class PendingWrite:
     """A queued command and, once its batch is applied, its outcome."""
 
-    __slots__ = ("_done", "_outcome", "command")
+    __slots__ = ("_done", "_outcome", "command", "on_error")
 
     def __init__(self, command: Command) -> None:
         self.command = command
         self._done = trio.Event()
         self._outcome: object = None
+        #: Called with the StorageError if the write is refused or fails
+        #: (lets a fire-and-forget writer learn of it without keeping the write).
+        self.on_error: Callable[[StorageError], None] | None = None
 
     def _resolve(self, outcome: object) -> None:
         self._outcome = outcome
         self._done.set()
+        if self.on_error is not None and isinstance(outcome, StorageError):
+            self.on_error(outcome)
 
     @property
     def done(self) -> bool:
