@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # QUICK=1: the small version (under a minute). Peers: pip install -e '.[bench]'.
 bench: $(STAMP)
-	QUICK=$(QUICK) $(BIN)/python -m bench
+	@QUICK=$(QUICK) $(BIN)/python -m bench
 
 # The seeded simulation over many more seeds than `make test` runs (200).
 SEEDS ?= 5000

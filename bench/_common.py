@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -253,6 +254,16 @@ def machine() -> dict[str, Any]:
     import trio
     import trio_websocket
 
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha1()
+    for source in sorted([*root.glob("actors/*.py"), *root.glob("storage/*.py")]):
+        digest.update(source.read_bytes())
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
+        ).stdout.strip()
+    except OSError:
+        head = None
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -262,4 +273,7 @@ def machine() -> dict[str, Any]:
         "trio": trio.__version__,
         "trio_websocket": getattr(trio_websocket, "__version__", None),
         "platform": platform.platform(),
+        "git_head": head,
+        #: The runtime measured: a digest of actors/*.py and storage/*.py as they were.
+        "source_sha1": digest.hexdigest()[:12],
     }

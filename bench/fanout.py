@@ -2,15 +2,22 @@
 
 This process runs a runtime on SQLite and ``actors.serve_websocket`` (default
 limits). One task waits (inside a step) for a go, then emits K events as
-fast as it can (chunks of 100, a checkpoint between chunks). A child
+fast as it can (chunks of 100, a checkpoint between chunks, and a durable
+step after every 1,000 events: it waits for the queued events to commit, so
+the producer cannot run ahead of the store; see scenario b for a task that
+does not pace itself). A child
 process (``bench.fanout_client``) opens S connections, each subscribing to
 that task with the protocol of the README (resubscribing after ``lagged``),
 says ready; then the task goes, and the client reads until every
 subscription ended. Figures, for S = 1 and S = 100:
 - events/s delivered: events received by all subscribers together, divided
   by the time from the go to the last one received (and per subscriber);
-- commit-to-client latency p50/p99: receive time minus the event's ``at``,
-  which is stamped when its batch is applied (just before its commit).
+- commit-to-client latency p50/p99: from the moment the event's batch
+  committed (a commit listener in this process, called right after COMMIT
+  returns, takes ``time.time()`` per seq) to the client receiving it (its
+  ``time.time()``), for every event of every subscriber. The latency from
+  the event's ``at`` stamp (taken when its batch starts, so it includes the
+  batch's own apply time) is given too.
 Baseline: a plain trio-websocket server sending small JSON messages, one
 frame each, to S clients of the same client process, in the same run.
 """
@@ -23,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +39,11 @@ import trio_websocket
 
 import actors
 
-from ._common import Bench, ChildError, log
+from ._common import Bench, ChildError, log, percentile
 
 app = actors.App()
 CHUNK = 100
+PACE = 1_000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,6 +60,10 @@ async def _wait_for_go() -> None:
     await shared.go.wait()
 
 
+async def _nothing() -> None:
+    pass
+
+
 @app.task("producer")
 async def producer(ctx: actors.TaskContext, request: actors.Request) -> int:
     count = int(request.input)
@@ -59,6 +72,8 @@ async def producer(ctx: actors.TaskContext, request: actors.Request) -> int:
         ctx.emit("tick", {"i": i})
         if i % CHUNK == CHUNK - 1:
             await trio.lowlevel.checkpoint()
+        if i % PACE == PACE - 1:
+            await ctx.step(f"paced-{i}", _nothing)
     return count
 
 
@@ -99,23 +114,53 @@ async def _drive_client(args: dict[str, Any], go: trio.Event) -> dict[str, Any]:
 async def _ours(subscribers: int, events: int, path: str) -> dict[str, Any]:
     global shared
     shared = _Shared()
+    slots = events + 16
+    committed = array("d", bytes(8 * slots))
+    ticks: set[int] = set()
     async with (
         actors.open_runtime(app, store=f"sqlite:///{path}", node_id="bench") as rt,
         trio.open_nursery() as nursery,
     ):
         port = await nursery.start(functools.partial(actors.serve_websocket, rt, port=0))
         info = await rt.submit("producer", events)
+
+        def on_commit(batch: Any) -> None:
+            # Called right after the batch's COMMIT returned, before anyone is told.
+            now = time.time()
+            for event in batch:
+                if event.task_id == info.id and event.seq < slots:
+                    committed[event.seq] = now
+                    if event.kind == "tick":
+                        ticks.add(event.seq)
+
+        rt.store.add_commit_listener(on_commit)
+        times_path = f"{path}.times"
         args = {
             "url": f"ws://127.0.0.1:{port}",
             "mode": "taskactors",
             "subscribers": subscribers,
             "task_id": info.id,
+            "slots": slots,
+            "times_path": times_path,
         }
         before = rt.store.statistics()
         result = await _drive_client(args, shared.go)
         after = rt.store.statistics()
         result["batches"] = after["batches"] - before["batches"]
         nursery.cancel_scope.cancel()
+    received = array("d")
+    received.frombytes(await trio.Path(times_path).read_bytes())
+    latencies = [
+        received[sub * slots + seq] - committed[seq]
+        for sub in range(len(received) // slots)
+        for seq in ticks
+        if received[sub * slots + seq] and committed[seq]
+    ]
+    result["stamp_latency_p50"] = result["latency_p50"]
+    result["stamp_latency_p99"] = result["latency_p99"]
+    result["latency_p50"] = percentile(latencies, 50) if latencies else None
+    result["latency_p99"] = percentile(latencies, 99) if latencies else None
+    result["latency_samples"] = len(latencies)
     return result
 
 
@@ -196,4 +241,10 @@ def run(b: Bench) -> None:
                 better="lower",
                 target=("<", 50) if p == 99 and subscribers == 100 else None,
                 subscribers=subscribers,
+                from_at_stamp_ms=(
+                    ours[f"stamp_latency_p{p}"] * 1e3
+                    if ours[f"stamp_latency_p{p}"] is not None
+                    else None
+                ),
+                samples=ours["latency_samples"],
             )

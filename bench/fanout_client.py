@@ -7,7 +7,10 @@ opens ``subscribers`` connections. Mode ``taskactors``: each subscribes to
 messages of the plain trio-websocket server until ``"end"``. When every
 connection is ready it prints ``ready`` and waits for a line on stdin, then
 measures. Latency: receive time minus the event's ``at`` (the commit
-batch's timestamp) or the raw message's ``t``. Prints one JSON object.
+batch's timestamp) or the raw message's ``t``; with ``times_path`` and
+``slots``, the receive time of every seq of every subscriber is also
+written there (float64, ``slots`` per subscriber) for the server to match
+with its commit times. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from ._common import child_args, percentile, report
 
 
 class _Counts:
-    def __init__(self) -> None:
+    def __init__(self, slots: int) -> None:
+        #: Per subscriber: receive time (time.time()) by seq, when asked for.
+        self.slots = slots
+        self.received: list[array[float]] = []
         self.delivered = 0
         self.frames = 0
         self.lagged = 0
@@ -52,6 +58,9 @@ async def _read_taskactors(
 ) -> None:
     ids = itertools.count(1)
     last_seq = 0
+    received = array("d", bytes(8 * counts.slots)) if counts.slots else None
+    if received is not None:
+        counts.received.append(received)
     while True:
         message = await ws.get_message()
         now = time.time()
@@ -79,6 +88,8 @@ async def _read_taskactors(
             if event["seq"] != last_seq + 1:
                 counts.gaps += 1
             last_seq = event["seq"]
+            if received is not None and last_seq < counts.slots:
+                received[last_seq] = now
             if event["kind"] == kind:
                 if not counts.first:
                     counts.first = now
@@ -103,7 +114,7 @@ async def _read_raw(ws: WebSocketConnection, counts: _Counts) -> None:
 
 
 async def _main(args: dict[str, Any]) -> dict[str, Any]:
-    counts = _Counts()
+    counts = _Counts(args.get("slots", 0))
     async with trio.open_nursery() as nursery:
         connections = []
         for _ in range(args["subscribers"]):
@@ -123,6 +134,9 @@ async def _main(args: dict[str, Any]) -> dict[str, Any]:
                 else:
                     readers.start_soon(_read_raw, ws, counts)
         ended = time.time()
+        if args.get("times_path"):
+            data = b"".join(received.tobytes() for received in counts.received)
+            await trio.Path(args["times_path"]).write_bytes(data)
         for ws in connections:
             await ws.aclose()
         nursery.cancel_scope.cancel()
