@@ -112,6 +112,27 @@ class TaskWrite:
     #: Clear owner and lease (the actor passivates or the node lets go).
     release: bool = False
 
+    @property
+    def changes_anything(self) -> bool:
+        """Whether the write carries any change (a bare fenced probe does not)."""
+        return bool(
+            self.state is not None
+            or self.events
+            or self.journal
+            or self.discard_run is not None
+            or self.inbox_add
+            or self.inbox_consume
+            or self.inbox_clear
+            or self.input is not None
+            or self.run is not None
+            or self.progress is not None
+            or self.error is not None
+            or self.result is not None
+            or self.exception is not None
+            or self.usage
+            or self.release
+        )
+
 
 @attrs.frozen
 class TaskWriteResult:

@@ -296,7 +296,7 @@ class MemoryBackend:
                     self._usage, (record.id, usage.key), attrs.evolve(usage, task_id=record.id)
                 )
 
-        if _changes_anything(write):
+        if write.changes_anything:
             new = attrs.evolve(new, updated_at=now)
         if new != record:
             self._put(self._tasks, record.id, new)
@@ -494,24 +494,3 @@ class MemoryBackend:
             (node for node in self._nodes.values() if node.lease_expires >= now),
             key=lambda node: (node.started_at, node.node_id),
         )
-
-
-def _changes_anything(write: TaskWrite) -> bool:
-    """Whether a write carries any change (a bare fenced probe does not)."""
-    return bool(
-        write.state is not None
-        or write.events
-        or write.journal
-        or write.discard_run is not None
-        or write.inbox_add
-        or write.inbox_consume
-        or write.inbox_clear
-        or write.input is not None
-        or write.run is not None
-        or write.progress is not None
-        or write.error is not None
-        or write.result is not None
-        or write.exception is not None
-        or write.usage
-        or write.release
-    )

@@ -7,9 +7,11 @@ which the storage actor calls from its single worker thread, one batch at a
 time (a lock makes that an invariant rather than a hope, so
 ``check_same_thread=False`` is safe). A batch is one ``BEGIN IMMEDIATE ...
 COMMIT`` transaction: one fsync for everything in it (group commit). Each
-command runs inside its own SAVEPOINT; a command refused with a
-``StorageError`` is rolled back to it and becomes that command's outcome,
-and the batch goes on. Anything else that fails (a driver error, the COMMIT
+command checks before it writes (``_sqlite_commands``), so a command refused
+with a ``StorageError`` has written nothing: the error becomes that
+command's outcome and the batch goes on, with no savepoint per command.
+Insert-only rows (events, journal, results, usage) are inserted in bulk at
+the end of the batch. Anything else that fails (a driver error, the COMMIT
 itself) rolls the whole transaction back and raises: then no command of the
 batch is applied, and the storage actor fails every write of the batch.
 
@@ -28,9 +30,8 @@ Errors that can only come from a bug (a constraint failed, a parameter of
 the wrong type) are not mapped.
 
 The schema and its migrations are in ``_sqlite_schema.py``, the SQL of each
-command in ``_sqlite_commands.py``. Rows map to records through the one
-converter (``_codec.converter``): the columns are named after the records'
-fields.
+command in ``_sqlite_commands.py``. Rows are tuples; they map to records by
+``_rows.RowMapper`` (the columns are the records' fields, in order).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, TypeVar
 
-from ._codec import converter
 from ._commands import Command
 from ._errors import (
     BackendUnavailableError,
@@ -63,7 +63,19 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
-from ._sqlite_commands import TASK_COLUMNS, apply_command, columns, key_state, select_task
+from ._rows import RowMapper
+from ._sqlite_commands import (
+    EVENTS,
+    EXCEPTIONS,
+    JOURNAL,
+    NODES,
+    TASK_COLUMNS,
+    TASKS,
+    Deferred,
+    apply_command,
+    key_state,
+    select_task,
+)
 from ._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from ._usage import aggregate_usage
 
@@ -77,11 +89,7 @@ _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-_EVENT_COLUMNS = columns(StoredEvent)
-_JOURNAL_COLUMNS = columns(JournalEntry)
-_INBOX_COLUMNS = columns(InboxItem)
-_EXCEPTION_COLUMNS = columns(ExceptionRecord)
-_NODE_COLUMNS = columns(NodeRecord)
+_INBOX = RowMapper(InboxItem)
 
 _ACTIVE = ", ".join(f"'{state.value}'" for state in sorted(ACTIVE_STATES, key=lambda s: s.value))
 _TERMINAL = ", ".join(
@@ -190,10 +198,10 @@ class SQLiteBackend:
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                cached_statements=256,
             )
         with ExitStack() as on_error, self._mapped("open"):
             on_error.callback(connection.close)
-            connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA synchronous = {self.synchronous}")
             if reader:
                 connection.execute("PRAGMA query_only = ON")
@@ -357,7 +365,11 @@ class SQLiteBackend:
             connection.execute("BEGIN IMMEDIATE")
             committed = False
             try:
-                outcomes = [self._apply_one(connection, command, now) for command in commands]
+                deferred = Deferred()
+                outcomes = [
+                    self._apply_one(connection, command, now, deferred) for command in commands
+                ]
+                deferred.flush(connection)
                 connection.execute("COMMIT")
                 committed = True
             finally:
@@ -365,21 +377,19 @@ class SQLiteBackend:
                     _rollback_quietly(connection)
         return outcomes
 
-    def _apply_one(self, connection: sqlite3.Connection, command: Command, now: float) -> object:
-        connection.execute("SAVEPOINT command")
+    def _apply_one(
+        self, connection: sqlite3.Connection, command: Command, now: float, deferred: Deferred
+    ) -> object:
         try:
-            outcome = apply_command(connection, command, now)
+            return apply_command(connection, command, now, deferred)
         except StorageError as exc:
-            connection.execute("ROLLBACK TO command")
-            outcome = exc
-        connection.execute("RELEASE command")
-        return outcome
+            return exc  # refused before it wrote anything (see _sqlite_commands)
 
     # -- reads: tasks ------------------------------------------------------------
     def _tasks(self, sql: str, parameters: Sequence[object] = ()) -> list[TaskRecord]:
         def query(connection: sqlite3.Connection) -> list[TaskRecord]:
             rows = connection.execute(sql, parameters).fetchall()
-            return [converter.structure(dict(row), TaskRecord) for row in rows]
+            return [TASKS.from_row(row) for row in rows]
 
         return self._read(query)
 
@@ -444,11 +454,11 @@ class SQLiteBackend:
 
         def query(connection: sqlite3.Connection) -> list[StoredEvent]:
             rows = connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
+                f"SELECT {EVENTS.columns} FROM events"
                 " WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (task_id, after, -1 if limit is None else max(limit, 0)),
             ).fetchall()
-            return [converter.structure(dict(row), StoredEvent) for row in rows]
+            return [EVENTS.from_row(row) for row in rows]
 
         return self._read(query)
 
@@ -464,9 +474,9 @@ class SQLiteBackend:
     def get_exception(self, task_id: str) -> ExceptionRecord | None:
         def query(connection: sqlite3.Connection) -> ExceptionRecord | None:
             row = connection.execute(
-                f"SELECT {_EXCEPTION_COLUMNS} FROM exceptions WHERE task_id = ?", (task_id,)
+                f"SELECT {EXCEPTIONS.columns} FROM exceptions WHERE task_id = ?", (task_id,)
             ).fetchone()
-            return None if row is None else converter.structure(dict(row), ExceptionRecord)
+            return None if row is None else EXCEPTIONS.from_row(row)
 
         return self._read(query)
 
@@ -475,10 +485,10 @@ class SQLiteBackend:
 
         def query(connection: sqlite3.Connection) -> list[JournalEntry]:
             rows = connection.execute(
-                f'SELECT {_JOURNAL_COLUMNS} FROM journal WHERE task_id = ? ORDER BY "index"',
+                f'SELECT {JOURNAL.columns} FROM journal WHERE task_id = ? ORDER BY "index"',
                 (task_id,),
             ).fetchall()
-            return [converter.structure(dict(row), JournalEntry) for row in rows]
+            return [JOURNAL.from_row(row) for row in rows]
 
         return self._read(query)
 
@@ -487,9 +497,9 @@ class SQLiteBackend:
 
         def query(connection: sqlite3.Connection) -> list[InboxItem]:
             rows = connection.execute(
-                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE task_id = ? ORDER BY id", (task_id,)
+                f"SELECT {_INBOX.columns} FROM inbox WHERE task_id = ? ORDER BY id", (task_id,)
             ).fetchall()
-            return [converter.structure(dict(row), InboxItem) for row in rows]
+            return [_INBOX.from_row(row) for row in rows]
 
         return self._read(query)
 
@@ -544,10 +554,10 @@ class SQLiteBackend:
 
         def query(connection: sqlite3.Connection) -> list[NodeRecord]:
             rows = connection.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes"
+                f"SELECT {NODES.columns} FROM nodes"
                 " WHERE lease_expires >= ? ORDER BY started_at, node_id",
                 (now,),
             ).fetchall()
-            return [converter.structure(dict(row), NodeRecord) for row in rows]
+            return [NODES.from_row(row) for row in rows]
 
         return self._read(query)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -409,11 +410,13 @@ class GatedBackend(SQLiteBackend):
         self.in_batch = threading.Event()
         self.release = threading.Event()
 
-    def _apply_one(self, connection: sqlite3.Connection, command: Command, now: float) -> object:
+    def _apply_one(
+        self, connection: sqlite3.Connection, command: Command, now: float, deferred: Any
+    ) -> object:
         if command == self.GATE:
             self.in_batch.set()
             assert self.release.wait(timeout=60)
-        return super()._apply_one(connection, command, now)
+        return super()._apply_one(connection, command, now, deferred)
 
 
 async def test_reads_proceed_while_a_batch_is_in_the_middle_of_its_transaction(
