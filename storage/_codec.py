@@ -21,12 +21,32 @@ converter.register_unstructure_hook(
 )
 
 
+def _default(value: Any) -> Any:
+    # What json cannot encode by itself (attrs classes, enums, sets, dates...)
+    # goes through the converter; anything the converter leaves as it is has
+    # no JSON form.
+    unstructured = converter.unstructure(value)
+    if unstructured is value:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return unstructured
+
+
+# One encoder, made once: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default).encode
+
+
 def encode(value: Any) -> str:
     """JSON text of a value (attrs classes and enums go through the converter).
 
     Raises:
         TypeError: the value has no JSON form.
     """
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    # The slow path: unstructure the whole value first (e.g. enum dict keys),
+    # and say why it still fails.
     try:
         return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
