@@ -6,14 +6,13 @@ Writes: one writer connection, made by ``open`` and used only by ``apply``,
 which the storage actor calls from its single worker thread, one batch at a
 time (a lock makes that an invariant rather than a hope, so
 ``check_same_thread=False`` is safe). A batch is one ``BEGIN IMMEDIATE ...
-COMMIT`` transaction: one fsync for everything in it (group commit). Each
-command checks before it writes (``_sqlite_commands``), so a command refused
-with a ``StorageError`` has written nothing: the error becomes that
-command's outcome and the batch goes on, with no savepoint per command.
-Insert-only rows (events, journal, results, usage) are inserted in bulk at
-the end of the batch. Anything else that fails (a driver error, the COMMIT
-itself) rolls the whole transaction back and raises: then no command of the
-batch is applied, and the storage actor fails every write of the batch.
+COMMIT`` transaction: one fsync for everything in it (group commit), and a
+handful of statements whatever its size (``_sqlite_commands.WriteBatch``).
+A command refused with a ``StorageError`` has changed nothing: the error
+becomes that command's outcome and the batch goes on. Anything else that
+fails (a driver error, the COMMIT itself) rolls the whole transaction back
+and raises: then no command of the batch is applied, and the storage actor
+fails every write of the batch.
 
 Reads: separate connections, taken from a small pool for one read and given
 back, so a connection is only ever used by one thread at a time and the pool
@@ -71,8 +70,7 @@ from ._sqlite_commands import (
     NODES,
     TASK_COLUMNS,
     TASKS,
-    Deferred,
-    apply_command,
+    WriteBatch,
     key_state,
     select_task,
 )
@@ -365,11 +363,7 @@ class SQLiteBackend:
             connection.execute("BEGIN IMMEDIATE")
             committed = False
             try:
-                deferred = Deferred()
-                outcomes = [
-                    self._apply_one(connection, command, now, deferred) for command in commands
-                ]
-                deferred.flush(connection)
+                outcomes = self._apply_batch(connection, commands, now)
                 connection.execute("COMMIT")
                 committed = True
             finally:
@@ -377,13 +371,11 @@ class SQLiteBackend:
                     _rollback_quietly(connection)
         return outcomes
 
-    def _apply_one(
-        self, connection: sqlite3.Connection, command: Command, now: float, deferred: Deferred
-    ) -> object:
-        try:
-            return apply_command(connection, command, now, deferred)
-        except StorageError as exc:
-            return exc  # refused before it wrote anything (see _sqlite_commands)
+    def _apply_batch(
+        self, connection: sqlite3.Connection, commands: Sequence[Command], now: float
+    ) -> list[object]:
+        """The batch's statements, inside its open transaction (before COMMIT)."""
+        return WriteBatch(connection, now).apply(commands, StorageError)
 
     # -- reads: tasks ------------------------------------------------------------
     def _tasks(self, sql: str, parameters: Sequence[object] = ()) -> list[TaskRecord]:

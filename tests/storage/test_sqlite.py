@@ -11,10 +11,9 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -401,7 +400,7 @@ def test_reads_do_not_wait_for_a_writer_holding_the_lock(path: Path) -> None:
 
 
 class GatedBackend(SQLiteBackend):
-    """Stops in the middle of a batch at a gate command until released (white box)."""
+    """Stops a batch holding the gate command before its COMMIT until released (white box)."""
 
     GATE = storage.DeleteKeyState("gate")
 
@@ -410,13 +409,14 @@ class GatedBackend(SQLiteBackend):
         self.in_batch = threading.Event()
         self.release = threading.Event()
 
-    def _apply_one(
-        self, connection: sqlite3.Connection, command: Command, now: float, deferred: Any
-    ) -> object:
-        if command == self.GATE:
+    def _apply_batch(
+        self, connection: sqlite3.Connection, commands: Sequence[Command], now: float
+    ) -> list[object]:
+        outcomes = super()._apply_batch(connection, commands, now)
+        if self.GATE in commands:
             self.in_batch.set()
             assert self.release.wait(timeout=60)
-        return super()._apply_one(connection, command, now, deferred)
+        return outcomes
 
 
 async def test_reads_proceed_while_a_batch_is_in_the_middle_of_its_transaction(
@@ -434,7 +434,7 @@ async def test_reads_proceed_while_a_batch_is_in_the_middle_of_its_transaction(
 
         try:
             await trio.to_thread.run_sync(backend.in_batch.wait)
-            # The writer holds the write lock, with the first write applied
+            # The writer holds the write lock, with the gate's batch written
             # but not committed: every read goes on and sees the last commit.
             async with trio.open_nursery() as nursery:
                 for _ in range(50):
