@@ -74,7 +74,7 @@ async def wait_idle(runtime: Runtime) -> None:
     """
     while True:
         await trio.testing.wait_all_tasks_blocked()
-        if runtime.store._writer._receive.statistics().current_buffer_used == 0:
+        if runtime.store.idle:
             return
 
 

@@ -56,6 +56,7 @@ from ._store import exception_record as exception_record
 from ._store import open_store as open_store
 from ._writer import PendingWrite as PendingWrite
 from ._writer import StorageActor as StorageActor
+from ._writer import TaskDraft as TaskDraft
 
 __all__ = [
     "ACTIVE_STATES",
@@ -96,6 +97,7 @@ __all__ = [
     "Store",
     "StoredEvent",
     "Subscription",
+    "TaskDraft",
     "TaskFilter",
     "TaskRecord",
     "TaskState",

@@ -53,7 +53,7 @@ from ._records import (
     TaskState,
     UsageRecord,
 )
-from ._writer import CommitListener, PendingWrite, StorageActor
+from ._writer import CommitListener, PendingWrite, StorageActor, TaskDraft
 
 T = TypeVar("T")
 
@@ -121,14 +121,27 @@ class Store:
         """Queue a command without waiting (its order among writes is kept)."""
         return self._writer.submit_nowait(command)
 
+    def open_draft(
+        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
+    ) -> TaskDraft:
+        """Queue a TaskWrite that its owner may extend until the storage actor
+        takes it (see ``TaskDraft``): how a task actor coalesces its writes."""
+        return self._writer.open_draft(task_id, epoch, expect)
+
     def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener(events)`` with each committed batch's events, in
         commit order, before the writers are answered. Returns a remover."""
         return self._writer.add_commit_listener(listener)
 
     def statistics(self) -> dict[str, int]:
-        """Batches and writes applied so far."""
-        return {"batches": self._writer.batches, "writes": self._writer.writes}
+        """Batches and writes applied so far, and writes queued now."""
+        writer = self._writer
+        return {"batches": writer.batches, "writes": writer.writes, "queued": writer.queued}
+
+    @property
+    def idle(self) -> bool:
+        """Whether no write is queued or being applied."""
+        return self._writer.queued == 0 and not self._writer.busy
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -141,7 +154,8 @@ class Store:
     # -- tasks -------------------------------------------------------------
     async def put_task(self, record: TaskRecord, events: Sequence[NewEvent] = ()) -> CreateResult:
         """Insert a task unless its id exists (then return the existing one)."""
-        result: CreateResult = await self.execute(CreateTask(record, tuple(events)))
+        result = await self._writer.submit_nowait(CreateTask(record, tuple(events))).wait()
+        assert isinstance(result, CreateResult)
         return result
 
     async def write(self, command: TaskWrite) -> TaskWriteResult:
@@ -213,7 +227,10 @@ class Store:
 
     async def renew_leases(self, node_id: str, lease: float) -> int:
         """Extend the node's lease and its tasks' leases; returns how many tasks."""
-        count: int = await self.execute(RenewLeases(node_id, self.clock.now() + lease))
+        # Ahead of the queue: a backlog of writes must not let the leases lapse.
+        pending = self._writer.submit_urgent(RenewLeases(node_id, self.clock.now() + lease))
+        count = await pending.wait()
+        assert isinstance(count, int)
         return count
 
     async def release_tasks(self, node_id: str, task_ids: Sequence[str] | None = None) -> int:

@@ -2,102 +2,272 @@
 
 Theory of operation
 -------------------
-Writers put a ``PendingWrite`` in the actor's mailbox (an unbounded trio
-memory channel: ordering is the order of ``send_nowait`` calls, and a sync
-caller such as ``ctx.emit`` never blocks). The actor takes the first waiting
-write, then everything else already waiting (up to ``max_batch``), and hands
-the batch to ``backend.apply`` as one transaction: in the actor's worker
-thread for a blocking backend (one wake-up back into trio per batch), inline
-for the memory backend. When ``apply`` returns, the batch is durable: the
-actor first tells the commit listeners (so subscribers see committed events,
-in commit order, and only those), then answers every write of the batch.
+Writers put a ``PendingWrite`` in the actor's queue (``submit_nowait``: it
+never blocks, so a sync caller such as ``ctx.emit`` can write; the order of
+the calls is the order of the writes). The actor takes everything waiting
+(up to ``max_batch`` commands or about ``max_rows`` events) and hands the
+batch to ``backend.apply`` as one transaction: in the actor's worker thread
+for a blocking backend (one wake-up back into trio per batch), inline for
+the memory backend. When ``apply`` returns, the batch is durable: the actor
+first tells the commit listeners (so subscribers see committed events, in
+commit order, and only those), then resolves every write of the batch in
+order (outcome callbacks run right then, in commit order), then wakes the
+writers that wait.
+
+A ``TaskDraft`` is a ``TaskWrite`` that stays open while it waits in the
+queue: the task actor that owns it keeps adding to it (events, journal
+entries, a state change...) until the storage actor takes it into a batch
+and seals it. So a task that emits a thousand events while the writer is
+busy costs one command, not a thousand: coalescing happens exactly when
+the store falls behind (issue #5).
+
+Urgent writes (``submit_urgent``: lease renewals) go before everything
+queued, so a long backlog never lets the node's leases lapse.
 
 A write that is queued is always applied, even if its caller is cancelled
-while waiting: callers wait for the answer inside a shielded scope (the
-wait is short: one batch). When the actor closes, it applies what is queued,
-then refuses further writes with ``StorageClosedError``.
+while waiting: ``wait`` is not interruptible (the wait is short: one batch),
+and the caller learns the truth. When the actor closes, it applies what is
+queued, then refuses further writes with ``StorageClosedError``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from ._backend import Backend
 from ._clock import Clock
-from ._commands import Command, CreateResult, TaskWriteResult
+from ._commands import Command, CreateResult, JournalWrite, TaskWrite, TaskWriteResult
 from ._errors import BackendUnavailableError, StorageClosedError, StorageError
-from ._records import StoredEvent
+from ._records import NewEvent, StoredEvent, TaskState, UsageRecord
 
 log = logging.getLogger("taskactors.storage")
 
 CommitListener = Callable[[Sequence[StoredEvent]], None]
 
+_NOT_DONE: Any = object()
+
+
+def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
 
 class PendingWrite:
     """A queued command and, once its batch is applied, its outcome."""
 
-    __slots__ = ("_done", "_outcome", "command", "on_error")
+    __slots__ = ("_command", "_outcome", "_waiters", "on_error", "on_outcome")
 
-    def __init__(self, command: Command) -> None:
-        self.command = command
-        self._done = trio.Event()
-        self._outcome: object = None
+    def __init__(self, command: Command | None) -> None:
+        self._command = command
+        self._outcome: object = _NOT_DONE
+        self._waiters: list[trio.lowlevel.Task] | None = None
         #: Called with the StorageError if the write is refused or fails
         #: (lets a fire-and-forget writer learn of it without keeping the write).
         self.on_error: Callable[[StorageError], None] | None = None
+        #: Called with the outcome (result or StorageError) when the batch is
+        #: applied, in commit order, before any waiter wakes.
+        self.on_outcome: Callable[[object], None] | None = None
+
+    @property
+    def command(self) -> Command:
+        assert self._command is not None
+        return self._command
+
+    def _take(self) -> Command:
+        """The command, as the storage actor takes it into a batch."""
+        return self.command
 
     def _resolve(self, outcome: object) -> None:
         self._outcome = outcome
-        self._done.set()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
         if self.on_error is not None and isinstance(outcome, StorageError):
             self.on_error(outcome)
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     @property
     def done(self) -> bool:
         """Whether the batch holding this write has been applied (or refused)."""
-        return self._done.is_set()
+        return self._outcome is not _NOT_DONE
 
     def outcome_nowait(self) -> object:
         """The outcome of a done write: its result, or raise its StorageError."""
-        assert self._done.is_set()
+        assert self.done
         if isinstance(self._outcome, StorageError):
             raise self._outcome
         return self._outcome
 
     async def wait_quietly(self) -> None:
-        """Wait (shielded) until the write is applied, without raising its error."""
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
+        """Wait until the write is applied, without raising its error.
+
+        Not interruptible: a cancelled caller goes on waiting for the (short)
+        batch and sees the cancellation at its next checkpoint. Returns at
+        once, without a checkpoint, if the write is done already.
+        """
+        if self._outcome is _NOT_DONE:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
 
     async def wait(self) -> object:
         """Wait until the write is applied; return its result or raise its error.
 
-        The wait is shielded from cancellation: a queued write is applied
-        whatever the caller does, and the caller learns the truth.
+        The wait is not interruptible: a queued write is applied whatever the
+        caller does, and the caller learns the truth.
         """
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
+        await self.wait_quietly()
         return self.outcome_nowait()
+
+
+class TaskDraft(PendingWrite):
+    """A ``TaskWrite`` of one task that grows until the storage actor takes it.
+
+    Made by ``StorageActor.open_draft`` with the fence of its first part
+    (epoch, expected states). Its owner adds parts with ``add`` while
+    ``accepts(expect)`` says it may: the draft is not taken yet, not closed,
+    not full, and the part expects the states the draft leaves the task in.
+    A part's events, journal entries, usage, progress and state change join
+    the draft; a part with any other field (input, run, inbox, result,
+    exception, error, release, discard_run) closes it.
+
+    The draft is one command: applied or refused as a whole, which is what
+    its parts would each have been (every part expects what the one before
+    it leaves, so a fence or state check that refuses the first would
+    refuse them all).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_journal",
+        "_leaves",
+        "_progress",
+        "_rest",
+        "_state",
+        "_taken",
+        "_usage",
+        "epoch",
+        "events",
+        "expect",
+        "task_id",
+    )
+
+    #: Events after which a draft takes no more (the next part opens a new one).
+    max_events = 4096
+
+    def __init__(
+        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
+    ) -> None:
+        super().__init__(None)
+        self.task_id = task_id
+        self.epoch = epoch
+        self.expect = expect
+        self.events: list[NewEvent] = []
+        self._journal: list[JournalWrite] | None = None
+        self._usage: list[UsageRecord] | None = None
+        self._progress: tuple[float, float | None] | None = None
+        self._state: TaskState | None = None
+        self._leaves = expect
+        self._rest: dict[str, Any] | None = None
+        self._closed = False
+        self._taken = False
+
+    def accepts(self, expect: frozenset[TaskState] | None) -> bool:
+        """Whether a part that expects these states may join."""
+        return (
+            not self._taken
+            and not self._closed
+            and (expect is self._leaves or expect == self._leaves)
+            and len(self.events) < self.max_events
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether no part was added yet."""
+        return not (self.events or self._journal or self._rest or self._state or self._usage)
+
+    def add(
+        self,
+        events: Sequence[NewEvent] = (),
+        *,
+        journal: Sequence[JournalWrite] = (),
+        usage: Sequence[UsageRecord] = (),
+        progress: tuple[float, float | None] | None = None,
+        state: TaskState | None = None,
+        **rest: Any,
+    ) -> None:
+        """Append a part (check ``accepts`` first). ``rest``: the TaskWrite
+        fields that close the draft (input, run, inbox_add, release...)."""
+        assert self.accepts(self._leaves)
+        if events:
+            self.events.extend(events)
+        if journal:
+            if self._journal is None:
+                self._journal = []
+            self._journal.extend(journal)
+        if usage:
+            if self._usage is None:
+                self._usage = []
+            self._usage.extend(usage)
+        if progress is not None:
+            self._progress = progress
+        if state is not None:
+            self._state = state
+            self._leaves = frozenset({state})
+        rest = {name: value for name, value in rest.items() if value is not None and value != ()}
+        if rest:
+            self._rest = rest
+            self._closed = True
+
+    def _take(self) -> Command:
+        if not self._taken:
+            self._taken = True
+            self._command = TaskWrite(
+                self.task_id,
+                epoch=self.epoch,
+                expect=self.expect,
+                state=self._state,
+                events=tuple(self.events),
+                journal=tuple(self._journal) if self._journal else (),
+                usage=tuple(self._usage) if self._usage else (),
+                progress=self._progress,
+                **(self._rest or {}),
+            )
+        return self.command
 
 
 class StorageActor:
     """Owns a backend's write side; see the module docstring."""
 
     def __init__(
-        self, backend: Backend, clock: Clock, *, max_batch: int = 2048, threads: bool = True
+        self,
+        backend: Backend,
+        clock: Clock,
+        *,
+        max_batch: int = 2048,
+        max_rows: int = 50_000,
+        threads: bool = True,
     ) -> None:
         self._backend = backend
         self._threaded = backend.blocking and threads
         self._clock = clock
         self._max_batch = max_batch
-        self._send, self._receive = trio.open_memory_channel[PendingWrite](math.inf)
+        self._max_rows = max_rows
+        self._queue: collections.deque[PendingWrite] = collections.deque()
+        self._urgent: collections.deque[PendingWrite] = collections.deque()
+        self._sleeping: trio.lowlevel.Task | None = None
         self._listeners: list[CommitListener] = []
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
+        #: Whether a batch is being applied now.
+        self.busy = False
         self.batches = 0
         self.writes = 0
         # Fault injection (actors.testing): fail the next N writes / hang until.
@@ -110,17 +280,47 @@ class StorageActor:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    @property
+    def queued(self) -> int:
+        """Writes waiting for a batch."""
+        return len(self._queue) + len(self._urgent)
+
+    def _enqueue(self, pending: PendingWrite, queue: collections.deque[PendingWrite]) -> None:
+        if self._closed:
+            raise StorageClosedError("the store is closed")
+        queue.append(pending)
+        sleeping = self._sleeping
+        if sleeping is not None:
+            self._sleeping = None
+            trio.lowlevel.reschedule(sleeping)
+
     def submit_nowait(self, command: Command) -> PendingWrite:
         """Queue a write without waiting.
 
         Raises:
             StorageClosedError: the actor is closed.
         """
-        if self._closed:
-            raise StorageClosedError("the store is closed")
         pending = PendingWrite(command)
-        self._send.send_nowait(pending)
+        self._enqueue(pending, self._queue)
         return pending
+
+    def submit_urgent(self, command: Command) -> PendingWrite:
+        """Queue a write ahead of everything waiting (lease renewals)."""
+        pending = PendingWrite(command)
+        self._enqueue(pending, self._urgent)
+        return pending
+
+    def open_draft(
+        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
+    ) -> TaskDraft:
+        """Queue an empty TaskDraft for a task; its owner fills it (see TaskDraft).
+
+        Raises:
+            StorageClosedError: the actor is closed.
+        """
+        draft = TaskDraft(task_id, epoch, expect)
+        self._enqueue(draft, self._queue)
+        return draft
 
     async def execute(self, command: Command) -> object:
         """Queue a write and wait until its batch is durable; see PendingWrite.wait."""
@@ -130,20 +330,43 @@ class StorageActor:
         """Refuse new writes; the writes already queued are still applied."""
         if not self._closed:
             self._closed = True
-            self._send.close()
+            sleeping = self._sleeping
+            if sleeping is not None:
+                self._sleeping = None
+                trio.lowlevel.reschedule(sleeping)
+
+    def _next_batch(self) -> list[PendingWrite]:
+        batch: list[PendingWrite] = []
+        rows = 0
+        for queue in (self._urgent, self._queue):
+            while queue and len(batch) < self._max_batch and rows < self._max_rows:
+                pending = queue.popleft()
+                if isinstance(pending, TaskDraft):
+                    rows += len(pending.events)
+                batch.append(pending)
+        return batch
+
+    async def _sleep(self) -> None:
+        self._sleeping = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._sleeping = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply batches until closed and drained. Cancelling it fails what is queued."""
         task_status.started()
         batch: list[PendingWrite] = []
         try:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+            while True:
+                if not (self._queue or self._urgent):
+                    if self._closed:
+                        return
+                    await self._sleep()
+                    continue
+                batch = self._next_batch()
                 await self._apply(batch)
                 batch = []
         finally:
@@ -152,69 +375,63 @@ class StorageActor:
             for pending in batch:
                 if not pending.done:
                     pending._resolve(error)
-            while True:
-                try:
-                    self._receive.receive_nowait()._resolve(error)
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
+            for queue in (self._urgent, self._queue):
+                while queue:
+                    queue.popleft()._resolve(error)
 
-    async def _inject(self, batch: list[PendingWrite]) -> list[object] | None:
+    async def _inject(self, commands: list[Command]) -> list[object]:
         """Injected faults: hang until a deadline, or refuse the next writes."""
         if self.hang_until is not None:
             await trio.sleep_until(self.hang_until)
             self.hang_until = None
-        if not self.fail_next:
-            return None
-        failed = min(self.fail_next, len(batch))
+        failed = min(self.fail_next, len(commands))
         self.fail_next -= failed
         error = self.fail_error or BackendUnavailableError("injected write failure")
         outcomes: list[object] = [error] * failed
-        if failed < len(batch):
-            rest = [pending.command for pending in batch[failed:]]
-            outcomes.extend(self._apply_now(rest))
+        if failed < len(commands):
+            outcomes.extend(await self._run_backend(commands[failed:]))
         return outcomes
 
-    def _apply_now(self, commands: list[Command]) -> list[object]:
-        try:
-            return self._backend.apply(commands, self._clock.now())
-        except StorageError as exc:
-            return [exc] * len(commands)
-
     async def _apply(self, batch: list[PendingWrite]) -> None:
-        if self.fail_next or self.hang_until is not None:
-            injected = await self._inject(batch)
-            if injected is not None:
-                self._finish(batch, injected)
-                return
-        commands = [pending.command for pending in batch]
+        commands = [pending._take() for pending in batch]
+        self.busy = True
+        try:
+            if self.fail_next or self.hang_until is not None:
+                outcomes = await self._inject(commands)
+            else:
+                outcomes = await self._run_backend(commands)
+        finally:
+            self.busy = False
+        self._finish(batch, outcomes)
+
+    async def _run_backend(self, commands: list[Command]) -> list[object]:
         now = self._clock.now()
         try:
             if self._threaded:
-                outcomes = await trio.to_thread.run_sync(
+                return await trio.to_thread.run_sync(
                     self._backend.apply, commands, now, limiter=self._limiter
                 )
-            else:
-                outcomes = self._backend.apply(commands, now)
+            return self._backend.apply(commands, now)
         except StorageError as exc:
-            outcomes = [exc] * len(batch)
+            return [exc] * len(commands)
         except Exception as exc:  # a driver error: the batch is lost, the actor goes on
-            error = BackendUnavailableError(f"batch of {len(batch)} writes failed: {exc!r}")
+            error = BackendUnavailableError(f"batch of {len(commands)} writes failed: {exc!r}")
             error.__cause__ = exc
-            outcomes = [error] * len(batch)
-        self._finish(batch, outcomes)
+            return [error] * len(commands)
 
     def _finish(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
         self.batches += 1
         self.writes += len(batch)
-        events: list[StoredEvent] = []
-        for outcome in outcomes:
-            if isinstance(outcome, (TaskWriteResult, CreateResult)):
-                events.extend(outcome.events)
-        if events:
-            for listener in list(self._listeners):
-                try:
-                    listener(events)
-                except Exception:  # a broken listener must not break the store
-                    log.exception("commit listener %r failed", listener)
+        if self._listeners:
+            events: list[StoredEvent] = []
+            for outcome in outcomes:
+                if isinstance(outcome, (TaskWriteResult, CreateResult)) and outcome.events:
+                    events.extend(outcome.events)
+            if events:
+                for listener in list(self._listeners):
+                    try:
+                        listener(events)
+                    except Exception:  # a broken listener must not break the store
+                        log.exception("commit listener %r failed", listener)
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending._resolve(outcome)
