@@ -3,35 +3,49 @@
 Theory of operation
 -------------------
 An actor owns one task while the task needs it (pending or running, or while
-a message for it is handled). It has a mailbox (an unbounded trio channel:
-callers never block on a send, and they wait for their reply instead) and a
-nursery holding the current *run*: the handler, with its retries, inside its
-own cancel scope.
+a message for it is handled). It is one trio task (``serve``) that runs the
+task's *runs* one after the other: the handler, with its retries, inside the
+run's own cancel scope. Between runs, and once the last run is over, it
+decides under its lock whether to start the next run, or to end.
 
-Two trio tasks share the actor: the mailbox loop and the run. Every write that
-moves the task goes through ``_commit`` under the actor's lock, as a
-``TaskWrite`` fenced by the actor's epoch and guarded by a compare-and-set on
-the state the actor believes in; so a run finishing and a Cancel arriving
-are serialized, and whichever is first wins (a queued write is always applied
-and always answered). Cancel, STOP and the interrupt strategies cancel the
-run's scope *before* taking the lock: the handler is interrupted at once,
-inside whatever step it is in.
+Messages (a Request, a signal, a cancel) are handled by the task that sends
+them, holding the actor's ``ActorLock``: the lock is the mailbox (first
+come, first served), and a message is handled whole, start to finish, even
+if its sender is cancelled meanwhile. Everything that moves the task (the
+transitions of runs and of messages) happens under that lock, as a write
+fenced by the actor's epoch and guarded by a compare-and-set on the state
+the actor believes in, awaited before the lock is released; so a run
+finishing and a Cancel arriving are serialized, and whichever is first
+wins. Cancel, STOP and the interrupt strategies cancel the run's scope
+*before* they write: the handler is interrupted at once, inside whatever
+step it is in. A message that ends the run and starts another (a STOP with
+a queued Request, an interrupt, a RESUME) leaves the next run's Request in
+``_next``; the actor starts it as soon as the old run has unwound.
 
-When the run is over and the task is paused, stopped or waiting for input, the
-actor *passivates*: it leaves the runtime's table, lets go of its ownership
-and ends; the store holds everything, and the next message revives the task
-(a new actor, a new epoch) which replays the handler from its journal. A
-terminal task leaves no actor behind either.
+Writes that do not move the task (events, progress, usage, step results,
+recorded values) are added to the actor's open ``TaskDraft``: one storage
+command that grows until the storage actor takes it, so a task costs one
+command per batch however much it writes (issue #5). They need no lock: a
+run writes only while its scope is live, and whoever ends a run cancels its
+scope before writing. A step result is awaited (``_commit``): the draft
+that holds it is durable before the next step starts, and with it every
+event queued before. Drafts are resolved in commit order, and the record
+each returns becomes ``self.record`` right then.
+
+When the last run is over and the task is paused, stopped or waiting for
+input, the actor *passivates*: it leaves the runtime's table, lets go of its
+ownership and ends; the store holds everything, and the next message
+revives the task (a new actor, a new epoch) which replays the handler from
+its journal. A terminal task leaves no actor behind either.
 
 If a fenced write is refused (another node took the task over) or the state
 was changed under the actor (an unfenced cancel from elsewhere), the actor
-stops at once without writing anything else; callers waiting on it get
-ActorStoppedError.
+stops at once without writing anything else; a caller handling a message
+then gets ActorStoppedError.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -47,9 +61,9 @@ from storage import (
     JournalEntry,
     JournalWrite,
     NewEvent,
-    PendingWrite,
     StaleEpochError,
     StorageError,
+    TaskDraft,
     TaskRecord,
     TaskState,
     TaskWrite,
@@ -71,15 +85,8 @@ from ._errors import (
 )
 from ._info import TaskInfo
 from ._lifecycle import Command, RequestAction, Strategy, on_request, transition
-from ._messages import (
-    Message,
-    Request,
-    RunEnded,
-    SendInput,
-    SendSignal,
-    Signal,
-    fail_message,
-)
+from ._lock import ActorLock
+from ._messages import CancelTask, Message, Request, SendInput, Signal
 
 if TYPE_CHECKING:
     from storage import Clock, Store
@@ -90,6 +97,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskactors.actor")
 
 S = TaskState
+RUNNING = frozenset({S.RUNNING})
 
 
 def _event(kind: str, data: Any = None) -> NewEvent:
@@ -100,8 +108,32 @@ class _Superseded(ActorsError):
     """The task's state was changed by someone else (e.g. cancelled from another node)."""
 
 
+class ActorGone(ActorsError):
+    """The actor stopped before it handled the message: deliver it again (revive)."""
+
+
 class TaskActor:
     """The live actor of one task. Made and started by the runtime only."""
+
+    __slots__ = (
+        "_draft",
+        "_hb_scope",
+        "_lock",
+        "_lost",
+        "_next",
+        "_pause_requested",
+        "_run_scope",
+        "_stopped",
+        "_write_error",
+        "epoch",
+        "inbox",
+        "journal",
+        "journal_end",
+        "record",
+        "runtime",
+        "spec",
+        "task_id",
+    )
 
     def __init__(
         self,
@@ -118,19 +150,18 @@ class TaskActor:
         self.epoch = record.epoch
         self.journal: dict[int, JournalEntry] = {entry.index: entry for entry in journal}
         self.journal_end = max(self.journal, default=-1) + 1
-        self.inbox: collections.deque[InboxItem] = collections.deque(inbox)
-        self.strategy = Strategy(record.strategy)
-        self._send, self._receive = trio.open_memory_channel[Message](math.inf)
-        self._lock = trio.Lock()
-        self._nursery: trio.Nursery | None = None
+        self.inbox: list[InboxItem] = list(inbox)
+        self._lock = ActorLock()
+        #: The Request of the run to start once the current one has unwound.
+        self._next: Request | None = None
         self._run_scope: trio.CancelScope | None = None
-        self._run_token = 0
         self._hb_scope: trio.CancelScope | None = None
         self._pause_requested = False
-        self._last_write: PendingWrite | None = None
+        #: The open draft this actor adds its writes to (see TaskDraft).
+        self._draft: TaskDraft | None = None
         self._write_error: StorageError | None = None
         self._lost: ActorsError | None = None
-        self.stopped = trio.Event()
+        self._stopped = False
 
     # -- conveniences ------------------------------------------------------
     @property
@@ -146,12 +177,21 @@ class TaskActor:
         return self.record.state
 
     @property
+    def strategy(self) -> Strategy:
+        return Strategy(self.record.strategy)
+
+    @property
     def root_id(self) -> str:
         return self.record.root_id or self.task_id
 
     @property
     def run(self) -> int:
         return self.record.run
+
+    @property
+    def stopped(self) -> bool:
+        """Whether this actor ended (a message must revive the task)."""
+        return self._stopped
 
     def info(self) -> TaskInfo:
         return TaskInfo.from_record(self.record)
@@ -164,37 +204,64 @@ class TaskActor:
         index = self.latest_checkpoint_index()
         return None if index is None else decode(self.journal[index].value)
 
-    # -- mailbox -----------------------------------------------------------
-    def send_nowait(self, message: Message) -> None:
-        """Put a message in the mailbox.
+    # -- writing ---------------------------------------------------------------
+    def _draft_for(self, expect: frozenset[TaskState], *, fresh: bool = False) -> TaskDraft:
+        """The open draft if a part expecting ``expect`` may join it, else a new one.
 
         Raises:
-            trio.ClosedResourceError: the actor has stopped (revive the task).
+            StorageClosedError: the store is closed.
         """
-        self._send.send_nowait(message)
+        draft = self._draft
+        if draft is None or not draft.accepts(expect) or (fresh and not draft.empty):
+            draft = self.store.open_draft(self.task_id, self.epoch, expect)
+            draft.on_outcome = self._on_outcome
+            self._draft = draft
+        return draft
 
-    # -- writing ---------------------------------------------------------------
-    def _write(self, expect: frozenset[TaskState] | None = None, **fields: Any) -> TaskWrite:
-        return TaskWrite(
-            self.task_id,
-            epoch=self.epoch,
-            expect=expect if expect is not None else frozenset({self.state}),
-            **fields,
-        )
+    def _add(self, expect: frozenset[TaskState], **parts: Any) -> TaskDraft:
+        """Add a part to the open draft, or to a new one; the draft that holds it."""
+        draft = self._draft_for(expect, fresh=parts.get("discard_run") is not None)
+        draft.add(**parts)
+        return draft
 
-    async def _commit(self, command: TaskWrite) -> TaskWriteResult:
-        """Apply a write for this task and adopt the record it returns."""
-        await self._flush()
-        try:
-            result = await self.store.write(command)
-        except StaleEpochError as exc:
-            self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
-            raise self._lost from exc
-        except ConflictError as exc:
-            self._lost = _Superseded(f"task {self.task_id} was changed elsewhere: {exc}")
-            raise self._lost from exc
-        self.record = result.record
-        return result
+    def _on_outcome(self, outcome: object) -> None:
+        # Called by the storage actor in commit order, before anyone wakes.
+        draft = self._draft
+        if draft is not None and draft.done:
+            self._draft = None  # keep nothing of a committed write
+        if isinstance(outcome, TaskWriteResult):
+            self.record = outcome.record
+        elif isinstance(outcome, StaleEpochError):
+            if self._lost is None:
+                self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
+        elif isinstance(outcome, ConflictError):
+            if self._lost is None:
+                self._lost = _Superseded(f"task {self.task_id} was changed elsewhere: {outcome}")
+        elif isinstance(outcome, StorageError) and self._write_error is None:
+            self._write_error = outcome
+
+    async def _commit(self, expect: frozenset[TaskState], **parts: Any) -> TaskWriteResult:
+        """Write parts durably: return once the draft that holds them committed.
+
+        Raises:
+            OwnershipLostError, _Superseded: the write was fenced off or
+                compare-and-set failed (the actor must stop).
+            StorageError: the store failed to keep this or an earlier write.
+        """
+        draft = self._add(expect, **parts)
+        await draft.wait_quietly()
+        outcome = draft._outcome
+        if self._lost is not None:
+            raise self._lost from outcome if isinstance(outcome, StorageError) else None
+        error, self._write_error = self._write_error, None
+        if isinstance(outcome, StorageError):
+            raise outcome
+        if error is not None:
+            # The store failed to keep an earlier event: the run fails with it
+            # (and is retried by its policy) rather than going on as if written.
+            raise error
+        assert isinstance(outcome, TaskWriteResult)
+        return outcome
 
     async def _transition(
         self,
@@ -210,44 +277,16 @@ class TaskActor:
         if new is old:
             return None
         state_event = _event("state", {"from": old.value, "to": new.value, **(data or {})})
-        return await self._commit(self._write(state=new, events=(*events, state_event), **fields))
+        return await self._commit(
+            frozenset({old}), state=new, events=(*events, state_event), **fields
+        )
 
-    def _queue(self, command: TaskWrite) -> None:
-        """Queue a fire-and-forget write (its failure is seen at the next flush)."""
+    def _queue(self, **parts: Any) -> None:
+        """Add a fire-and-forget part (its failure is seen at the next commit)."""
         try:
-            pending = self.store.execute_nowait(command)
+            self._add(RUNNING, **parts)
         except StorageError:
-            return
-        pending.on_error = self._on_write_error
-        self._last_write = pending
-
-    def _on_write_error(self, error: StorageError) -> None:
-        # A ConflictError is an event of a run that a state change already
-        # ended: rightly dropped. Anything else fails the next durable call.
-        if not isinstance(error, ConflictError) and self._write_error is None:
-            self._write_error = error
-
-    def _raise_write_error(self) -> None:
-        error, self._write_error = self._write_error, None
-        if error is None:
-            return
-        if isinstance(error, StaleEpochError):
-            self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
-            raise self._lost from error
-        # The store failed to keep an event: the run fails with it (and is
-        # retried by its policy) rather than going on as if it were written.
-        raise error
-
-    async def _flush(self) -> None:
-        """Wait for the queued fire-and-forget writes; raise if one failed.
-
-        The storage actor answers writes in order, so waiting for the last
-        one is waiting for all of them.
-        """
-        last = self._last_write
-        if last is not None and not last.done:
-            await last.wait_quietly()
-        self._raise_write_error()
+            return  # the store is closing: the run is about to be cancelled
 
     def _live(self, ctx: TaskContext) -> bool:
         scope = ctx._scope
@@ -255,16 +294,17 @@ class TaskActor:
 
     def emit_nowait(self, ctx: TaskContext, kind: str, data: Any) -> None:
         if self._live(ctx):
-            self._queue(self._write(frozenset({S.RUNNING}), events=(_event(kind, data),)))
+            try:
+                draft = self._draft_for(RUNNING)
+            except StorageError:
+                return  # the store is closing: the run is about to be cancelled
+            draft.events.append(NewEvent(kind, encode({} if data is None else data)))
 
     def progress_nowait(self, ctx: TaskContext, done: float, total: float | None) -> None:
         if self._live(ctx):
             self._queue(
-                self._write(
-                    frozenset({S.RUNNING}),
-                    progress=(done, total),
-                    events=(_event("progress", {"done": done, "total": total}),),
-                )
+                progress=(done, total),
+                events=(_event("progress", {"done": done, "total": total}),),
             )
 
     def usage_nowait(
@@ -294,25 +334,21 @@ class TaskActor:
             "output_tokens": output_tokens,
             "caller": caller,
         }
-        events = (_event("usage", data),)
-        self._queue(self._write(frozenset({S.RUNNING}), usage=(usage,), events=events))
+        self._queue(usage=(usage,), events=(_event("usage", data),))
 
     def record_nowait(self, ctx: TaskContext, index: int, kind: str, name: str, value: str) -> None:
         """Record a journal entry without waiting (ctx.now/uuid/random)."""
         if not self._live(ctx):
             return
         self._remember(index, kind, name, value)
-        self._queue(
-            self._write(
-                frozenset({S.RUNNING}), journal=(JournalWrite(index, kind, name, value, self.run),)
-            )
-        )
+        self._queue(journal=(JournalWrite(index, kind, name, value, self.run),))
 
     def _remember(self, index: int, kind: str, name: str, value: str) -> None:
         self.journal[index] = JournalEntry(
             self.task_id, index, kind, name, value, self.run, self.clock.now()
         )
-        self.journal_end = max(self.journal_end, index + 1)
+        if index >= self.journal_end:
+            self.journal_end = index + 1
 
     async def record_entry(
         self,
@@ -324,17 +360,16 @@ class TaskActor:
         events: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Record a journal entry durably (a step result, a checkpoint...)."""
-        async with self._lock:
-            if self._live(ctx):
-                await self._commit(
-                    self._write(
-                        journal=(JournalWrite(index, kind, name, value, self.run),),
-                        events=tuple(_event(k, d) for k, d in events),
-                    )
-                )
-                self._remember(index, kind, name, value)
-                return
-        await self._dead_run()
+        if not self._live(ctx):
+            await self._dead_run()
+        await self._commit(
+            RUNNING,
+            journal=(JournalWrite(index, kind, name, value, self.run),),
+            events=tuple(_event(k, d) for k, d in events),
+        )
+        self._remember(index, kind, name, value)
+        # The wait for the store is not a cancel point; a run ended meanwhile stops here.
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _dead_run(self) -> None:
         # A run that was ended must not record anything more: its scope is
@@ -353,7 +388,7 @@ class TaskActor:
                     await self._transition(Command.PAUSE, journal=(mark,))
                     self._remember(mark.index, MARK, mark.name, mark.value)
                     self._end_run()
-        await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
 
     async def answer_or_suspend(
         self, ctx: TaskContext, index: int, name: str, question: Any, auth: bool
@@ -365,13 +400,12 @@ class TaskActor:
             elif self.inbox:
                 item = self.inbox[0]
                 await self._commit(
-                    self._write(
-                        journal=(JournalWrite(index, "ask", name, item.input, self.run),),
-                        inbox_consume=(item.id,),
-                        events=(_event("input_received", {"index": index}),),
-                    )
+                    RUNNING,
+                    journal=(JournalWrite(index, "ask", name, item.input, self.run),),
+                    inbox_consume=(item.id,),
+                    events=(_event("input_received", {"index": index}),),
                 )
-                self.inbox.popleft()
+                del self.inbox[0]
                 self._remember(index, "ask", name, item.input)
                 return decode(item.input)
             else:
@@ -427,30 +461,10 @@ class TaskActor:
         }
 
     # -- runs ----------------------------------------------------------------
-    def _start_run(self, request: Request) -> None:
-        assert self._nursery is not None
-        self._run_token += 1
-        scope = trio.CancelScope()
-        self._run_scope = scope
-        self._nursery.start_soon(self._run, scope, self._run_token, request)
-
     def _end_run(self) -> None:
         """Cancel the current run (its state change is written by the caller)."""
         if self._run_scope is not None:
             self._run_scope.cancel()
-
-    async def _run(self, scope: trio.CancelScope, token: int, request: Request) -> None:
-        try:
-            with scope:
-                limiter = self.runtime._run_limiter
-                if limiter is None:
-                    await self._attempts(scope, request)
-                else:
-                    async with limiter:
-                        await self._attempts(scope, request)
-        finally:
-            with contextlib.suppress(trio.ClosedResourceError):
-                self._send.send_nowait(RunEnded(token))
 
     async def _attempts(self, scope: trio.CancelScope, request: Request) -> None:
         async with self._lock:
@@ -458,32 +472,33 @@ class TaskActor:
                 await self._transition(Command.START, {"run": self.run})
             elif self.state is not S.RUNNING:
                 return
+        spec = self.spec
         attempt = 0
         while True:
             attempt += 1
-            ctx = TaskContext(self, request, attempt)
-            ctx._scope = scope
-            failure = await self._attempt(ctx)
+            ctx = TaskContext(self, request, attempt, scope)
+            # Scopes only for the limits this task has: each costs memory and time.
+            if spec.timeout is None and spec.heartbeat_timeout is None:
+                # (inline: one coroutine less on the stack of every waiting task)
+                try:
+                    value = await spec.handler(ctx, request)
+                except Exception as exc:
+                    failure: Exception | None = exc
+                else:
+                    failure = await self._complete(ctx, value)
+            else:
+                failure = await self._limited_attempt(ctx)
             if self._lost is not None:
                 raise self._lost
             if failure is None:
                 return
             retryable = not isinstance(failure, (NonDeterminismError, TaskTimeoutError))
-            if retryable and attempt <= self.spec.retries:
-                delay = self.spec.delay(attempt)
+            if retryable and attempt <= spec.retries:
+                delay = spec.delay(attempt)
+                error = f"{type(failure).__qualname__}: {failure}"
                 self._queue(
-                    self._write(
-                        frozenset({S.RUNNING}),
-                        events=(
-                            _event(
-                                "retry",
-                                {
-                                    "attempt": attempt + 1,
-                                    "delay": delay,
-                                    "error": f"{type(failure).__qualname__}: {failure}",
-                                },
-                            ),
-                        ),
+                    events=(
+                        _event("retry", {"attempt": attempt + 1, "delay": delay, "error": error}),
                     )
                 )
                 await trio.sleep(delay)
@@ -504,108 +519,121 @@ class TaskActor:
                 self.inbox.clear()
             return
 
-    async def _attempt(self, ctx: TaskContext) -> Exception | None:
-        """One attempt of the handler; None when it completed (and was recorded)."""
+    async def _limited_attempt(self, ctx: TaskContext) -> Exception | None:
+        """An attempt under the task's timeout and heartbeat limits."""
         spec = self.spec
         with trio.move_on_after(spec.timeout if spec.timeout is not None else math.inf) as limit:
-            deadline = (
-                trio.current_time() + spec.heartbeat_timeout
-                if spec.heartbeat_timeout is not None
-                else math.inf
-            )
+            if spec.heartbeat_timeout is None:
+                return await self._attempt(ctx)
+            deadline = trio.current_time() + spec.heartbeat_timeout
             with trio.CancelScope(deadline=deadline) as hb_scope:
                 self._hb_scope = hb_scope
-                try:
-                    value = await spec.handler(ctx, ctx.request)
-                except Exception as exc:
-                    return exc
-                try:
-                    text = encode(value)
-                except TypeError as exc:
-                    return TypeError(f"the result of task {self.task_id}: {exc}")
-                async with self._lock:
-                    if self._live(ctx) and self._lost is None:
-                        await self._transition(
-                            Command.COMPLETE,
-                            events=self._drop_events(),
-                            result=text,
-                            inbox_clear=bool(self.inbox),
-                            release=True,
-                        )
-                        self.inbox.clear()
-                return None
-            return HeartbeatTimeoutError(
-                f"task {self.task_id} gave no heartbeat for {spec.heartbeat_timeout} s"
-            )
+                outcome = await self._attempt(ctx)
+            if hb_scope.cancelled_caught:
+                return HeartbeatTimeoutError(
+                    f"task {self.task_id} gave no heartbeat for {spec.heartbeat_timeout} s"
+                )
+            return outcome
         assert limit.cancelled_caught
         return TaskTimeoutError(
             f"task {self.task_id} ran longer than its timeout of {spec.timeout} s"
         )
 
+    async def _attempt(self, ctx: TaskContext) -> Exception | None:
+        """One attempt of the handler; None when it completed (and was recorded)."""
+        try:
+            value = await self.spec.handler(ctx, ctx.request)
+        except Exception as exc:
+            return exc
+        return await self._complete(ctx, value)
+
+    async def _complete(self, ctx: TaskContext, value: Any) -> Exception | None:
+        """Record the handler's result: ``completed`` (None), or why it cannot be."""
+        try:
+            text = encode(value)
+        except TypeError as exc:
+            return TypeError(f"the result of task {self.task_id}: {exc}")
+        async with self._lock:
+            if self._live(ctx) and self._lost is None:
+                await self._transition(
+                    Command.COMPLETE,
+                    events=self._drop_events(),
+                    result=text,
+                    inbox_clear=bool(self.inbox),
+                    release=True,
+                )
+                self.inbox.clear()
+        return None
+
     def _drop_events(self) -> tuple[NewEvent, ...]:
         return tuple(_event("request_dropped", {"inbox_id": item.id}) for item in self.inbox)
 
-    # -- the mailbox loop ----------------------------------------------------
+    # -- the actor's own task ---------------------------------------------------
     async def serve(self) -> None:
         """Run until the task is finished, passivated, or lost. Never raises
-        (a crash is logged and fails the waiting callers)."""
+        but Cancelled (a crash is logged and the task released)."""
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._boot()
-                await self._loop()
-                nursery.cancel_scope.cancel()
-        except* OwnershipLostError:
+            self._boot()
+            while not await self._settled():
+                request, self._next = self._next, None
+                assert request is not None
+                # A run: the handler and its retries, in the run's own cancel scope.
+                scope = self._run_scope = trio.CancelScope()
+                try:
+                    with scope:
+                        limiter = self.runtime._run_limiter
+                        if limiter is None:
+                            await self._attempts(scope, request)
+                        else:
+                            async with limiter:
+                                await self._attempts(scope, request)
+                finally:
+                    if self._run_scope is scope:
+                        self._run_scope = None
+                        self._hb_scope = None
+                if self._lost is not None:
+                    raise self._lost
+        except OwnershipLostError:
             log.info("task %s: ownership lost; actor stopped", self.task_id)
-        except* _Superseded as group:
-            log.info("task %s: %s; actor stopped", self.task_id, group.exceptions[0])
-        except* Exception:
+        except _Superseded as exc:
+            log.info("task %s: %s; actor stopped", self.task_id, exc)
+        except Exception:
             log.exception("task %s: actor crashed", self.task_id)
             self.runtime._actor_crashed(self)
         finally:
-            self.runtime._forget(self)
-            self._send.close()
-            error = ActorStoppedError(f"the actor of task {self.task_id} stopped")
-            while True:
-                try:
-                    fail_message(self._receive.receive_nowait(), error)
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            self.stopped.set()
+            self._stop()
 
     def _boot(self) -> None:
         if self.state is S.RUNNING:
             # A run interrupted by a crash, a shutdown or a lost lease goes on here.
             recovered = _event("recovered", {"node": self.runtime.node_id, "epoch": self.epoch})
-            self._queue(self._write(events=(recovered,)))
+            self._add(RUNNING, events=(recovered,))
         if self.state in ACTIVE_STATES:
-            self._start_run(Request(decode(self.record.input), self.run))
+            self._next = Request(decode(self.record.input), self.run)
 
-    async def _loop(self) -> None:
-        while True:
-            if self._run_scope is None and self.state not in ACTIVE_STATES:
-                if self.state.terminal:
-                    await self._finish()
-                    return
-                if self._receive.statistics().current_buffer_used == 0:
-                    await self._passivate()
-                    return
-            message = await self._receive.receive()
-            await self._dispatch(message)
+    async def _settled(self) -> bool:
+        """Whether the actor is done: no next run, and it finished or passivated.
 
-    async def _passivate(self) -> None:
-        self.runtime._forget(self)
-        self._send.close()
-        await self._release()
-
-    async def _finish(self) -> None:
-        # Leave the table before the first await: a finished task has no actor
-        # (a message that comes meanwhile revives nothing; the lifecycle answers it).
-        self.runtime._forget(self)
-        self._send.close()
-        if self._spawned():
+        Taken under the lock, so a message being handled decides first.
+        """
+        async with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            if self._next is not None:
+                return False
+            if self.state in ACTIVE_STATES:
+                raise RuntimeError(f"task {self.task_id}: the run ended while {self.state.value}")
+            # Leave the table before the first await: a message that comes
+            # meanwhile revives a new actor, or the lifecycle answers it.
+            self._stop()
+        if self.state.terminal and self._spawned():
             await self.runtime._cancel_children(self.task_id)
         await self._release()
+        return True
+
+    def _stop(self) -> None:
+        self._stopped = True
+        self.runtime._forget(self)
 
     def _spawned(self) -> bool:
         """Whether this task ever spawned a child (its journal says so)."""
@@ -616,35 +644,33 @@ class TaskActor:
             return  # a terminal write let go of it already
         # Refused if someone claimed it meanwhile: then it is theirs to release.
         with contextlib.suppress(StorageError):
-            await self._flush()
             await self.store.write(TaskWrite(self.task_id, epoch=self.epoch, release=True))
 
-    async def _dispatch(self, message: Message) -> None:
-        if isinstance(message, RunEnded):
-            if message.run_token == self._run_token:
-                self._run_scope = None
-                self._hb_scope = None
-                if self.state is S.RUNNING:
-                    raise RuntimeError(f"task {self.task_id}: the run ended while running")
-            return
-        try:
-            async with self._lock:
+    # -- messages ---------------------------------------------------------------
+    async def deliver(self, message: Message) -> TaskInfo:
+        """Handle a message (in the caller's task, under the actor's lock).
+
+        Raises:
+            ActorGone: the actor stopped before it got to the message.
+            ActorStoppedError: the task moved to another owner meanwhile.
+            ActorsError, StorageError, TypeError: the message was refused.
+        """
+        async with self._lock:
+            if self._stopped:
+                raise ActorGone(f"the actor of task {self.task_id} stopped")
+            try:
                 if isinstance(message, SendInput):
                     await self._on_input(message.input)
-                elif isinstance(message, SendSignal):
-                    await self._on_signal(message.signal)
-                else:
+                elif isinstance(message, CancelTask):
                     await self._on_cancel(message.reason)
-        except (OwnershipLostError, _Superseded):
-            message.reply.fail(ActorStoppedError(f"task {self.task_id} moved to another owner"))
-            raise
-        except (ActorsError, StorageError, TypeError) as exc:
-            message.reply.fail(exc)
-        else:
-            message.reply.resolve(self.info())
-        finally:
-            # Cancelled mid-way (the runtime is closing): the caller must hear so.
-            message.reply.fail(ActorStoppedError(f"the actor of task {self.task_id} stopped"))
+                else:
+                    await self._on_signal(message.signal)
+            except (OwnershipLostError, _Superseded) as exc:
+                # The actor's own task sees _lost and ends; callers must not wait for it.
+                self._end_run()
+                self._stop()
+                raise ActorStoppedError(f"task {self.task_id} moved to another owner") from exc
+            return self.info()
 
     async def _on_input(self, value: Any) -> None:
         action = on_request(self.state, self.strategy, self.task_id)
@@ -653,8 +679,8 @@ class TaskActor:
         if action is RequestAction.ANSWER:
             result = await self._transition(Command.ANSWER, events=(received,), inbox_add=(text,))
             assert result is not None
-            self.inbox.append(InboxItem(self.task_id, result.inbox_ids[0], text, self.clock.now()))
-            self._start_run(Request(decode(self.record.input), self.run))
+            self._remember_inbox(result, text)
+            self._next = Request(decode(self.record.input), self.run)
         elif action is RequestAction.START:
             await self._transition(
                 Command.START,
@@ -663,11 +689,13 @@ class TaskActor:
                 input=text,
                 run=self.run + 1,
             )
-            self._start_run(Request(value, self.run))
+            self._next = Request(value, self.run)
         elif action is RequestAction.QUEUE:
             queued = _event("request_queued", {"position": len(self.inbox) + 1})
-            result = await self._commit(self._write(inbox_add=(text,), events=(queued,)))
-            self.inbox.append(InboxItem(self.task_id, result.inbox_ids[0], text, self.clock.now()))
+            result = await self._commit(
+                frozenset({self.state}), inbox_add=(text,), events=(queued,)
+            )
+            self._remember_inbox(result, text)
         else:
             old, old_run = self.state, self.run
             stopped = transition(old, Command.STOP, self.task_id)
@@ -682,18 +710,21 @@ class TaskActor:
             )
             rollback = action is RequestAction.ROLLBACK
             await self._commit(
-                self._write(
-                    state=running,
-                    events=events,
-                    input=text,
-                    run=old_run + 1,
-                    discard_run=old_run if rollback else None,
-                )
+                frozenset({old}),
+                state=running,
+                events=events,
+                input=text,
+                run=old_run + 1,
+                discard_run=old_run if rollback else None,
             )
             if rollback:
                 self.journal = {i: e for i, e in self.journal.items() if e.run != old_run}
                 self.journal_end = max(self.journal, default=-1) + 1
-            self._start_run(Request(value, self.run))
+            self._next = Request(value, self.run)
+
+    def _remember_inbox(self, result: TaskWriteResult, text: str) -> None:
+        """Keep the item a write added to the inbox (the write gave it its id)."""
+        self.inbox.append(InboxItem(self.task_id, result.inbox_ids[0], text, self.clock.now()))
 
     async def _on_signal(self, signal: Signal) -> None:
         state = self.state
@@ -708,9 +739,7 @@ class TaskActor:
                 self._pause_requested = False
                 return
             await self._transition(Command.RESUME)
-            if self._run_scope is None or self._run_scope.cancel_called:
-                # (the paused run may still be unwinding: its RunEnded will be stale)
-                self._start_run(Request(decode(self.record.input), self.run))
+            self._next = Request(decode(self.record.input), self.run)
         else:
             transition(state, Command.STOP, self.task_id)
             self._end_run()
@@ -726,13 +755,14 @@ class TaskActor:
                     run=self.run + 1,
                     inbox_consume=(item.id,),
                 )
-                self.inbox.popleft()
-                self._start_run(Request(decode(item.input), self.run))
+                del self.inbox[0]
+                self._next = Request(decode(item.input), self.run)
 
     async def _on_cancel(self, reason: str | None) -> None:
         if transition(self.state, Command.CANCEL, self.task_id) is self.state:
             return  # cancel of a cancelled task: no-op
         self._end_run()
+        self._next = None
         self._pause_requested = False
         data = {"reason": reason} if reason else None
         await self._transition(

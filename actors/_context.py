@@ -75,6 +75,8 @@ RESERVED_KINDS = frozenset(
 class TaskData:
     """Key/value data shared by every task of a task tree (``ctx.data``)."""
 
+    __slots__ = ("_actor",)
+
     def __init__(self, actor: TaskActor) -> None:
         self._actor = actor
 
@@ -90,7 +92,22 @@ class TaskData:
 class TaskContext:
     """The handler's handle on its task. One per handler attempt."""
 
-    def __init__(self, actor: TaskActor, request: Request, attempt: int) -> None:
+    __slots__ = (
+        "_actor",
+        "_cursor",
+        "_fresh",
+        "_scope",
+        "_started",
+        "_state",
+        "_usage_count",
+        "_usage_position",
+        "attempt",
+        "request",
+    )
+
+    def __init__(
+        self, actor: TaskActor, request: Request, attempt: int, scope: trio.CancelScope
+    ) -> None:
         self._actor = actor
         self.request = request
         #: 1 for the first attempt of this run, 2 for its first retry...
@@ -103,10 +120,14 @@ class TaskContext:
         self._fresh = actor.journal_end == 0
         self._usage_position = -1
         self._usage_count = 0
-        self._state: Any = actor.latest_checkpoint()
-        self.data = TaskData(actor)
-        #: The cancel scope of the run this context belongs to (set by the actor).
-        self._scope = trio.CancelScope()
+        self._state: Any = actor.latest_checkpoint() if actor.journal else None
+        #: The cancel scope of the run this context belongs to.
+        self._scope = scope
+
+    @property
+    def data(self) -> TaskData:
+        """Key/value data shared by the whole task tree (``await ctx.data.get(key)``)."""
+        return TaskData(self._actor)
 
     # -- identity ------------------------------------------------------------
     @property
@@ -206,6 +227,7 @@ class TaskContext:
         await self._actor.safe_point(self)
         index, entry = self._next("step", name)
         if entry is not None:
+            await trio.lowlevel.checkpoint()  # a replay is a cancel point too
             return decode(entry.value)
         self._actor.emit_nowait(self, "step_started", {"name": name, "index": index})
         faults = self._actor.runtime._fault_point
@@ -215,7 +237,10 @@ class TaskContext:
             attempt += 1
             self.heartbeat()
             try:
-                value = await _call(fn, *args)
+                if _is_async(fn):
+                    value = await fn(*args)
+                else:
+                    value = await _call_sync(fn, *args)
             except Exception as exc:
                 will_retry = attempt <= retries
                 self._actor.emit_nowait(
@@ -249,7 +274,7 @@ class TaskContext:
         )
         await faults("after_store", self.task_id, name, index)
         await self._actor.safe_point(self)
-        return decode(text)
+        return value if type(value) in _EXACT_JSON else decode(text)
 
     async def checkpoint(self, state: Any) -> None:
         """Store a snapshot of the handler's own state; ``ctx.state`` returns it.
@@ -400,11 +425,17 @@ class TaskContext:
         self._actor.heartbeat()
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+#: Types whose value is its own JSON round trip (a step returns the stored form).
+_EXACT_JSON = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004
-    ):
-        return await fn(*args)
+    )
+
+
+async def _call_sync(fn: Callable[..., Any], *args: Any) -> Any:
     if on_virtual_time():
         # Tests on trio's virtual clock: a thread would let the clock jump
         # over the step (see storage.on_virtual_time).

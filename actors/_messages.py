@@ -1,4 +1,4 @@
-"""Messages a task actor takes from its mailbox, and the public Request/Signal."""
+"""Messages a task actor handles, the public Request/Signal, and the Reply slot."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import Any
 
 import attrs
 import trio
-
-from ._errors import ActorStoppedError
 
 
 class Signal(enum.Enum):
@@ -70,34 +68,21 @@ class SendInput:
     """A Request for the task (rt.send)."""
 
     input: Any
-    reply: Reply = attrs.field(factory=Reply, eq=False)
 
 
 @attrs.frozen
 class SendSignal:
+    """A control signal for the task (rt.signal)."""
+
     signal: Signal
-    reply: Reply = attrs.field(factory=Reply, eq=False)
 
 
 @attrs.frozen
 class CancelTask:
+    """Cancel the task (rt.cancel)."""
+
     reason: str | None = None
-    reply: Reply = attrs.field(factory=Reply, eq=False)
 
 
-@attrs.frozen
-class RunEnded:
-    """Internal: the handler run numbered ``run_token`` is over."""
-
-    run_token: int
-
-
-#: A message that a caller sends and waits on.
-Ask = SendInput | SendSignal | CancelTask
-Message = SendInput | SendSignal | CancelTask | RunEnded
-
-
-def fail_message(message: Message, error: ActorStoppedError) -> None:
-    """Answer a message the actor will never process."""
-    if not isinstance(message, RunEnded):
-        message.reply.fail(error)
+#: A message a caller hands to a task actor (see ``ActorLock``).
+Message = SendInput | SendSignal | CancelTask

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import builtins
 import logging
+import secrets
 import socket
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -35,6 +36,7 @@ from storage import (
     INFLIGHT_STATES,
     TERMINAL_STATES,
     ConflictError,
+    CreateResult,
     LeaseHeldError,
     NewEvent,
     RecordNotFoundError,
@@ -45,7 +47,7 @@ from storage import (
     encode,
 )
 
-from ._actor import TaskActor
+from ._actor import ActorGone, TaskActor
 from ._app import App
 from ._errors import (
     ActorStoppedError,
@@ -61,11 +63,25 @@ from ._events import AllEventsStream, EventHub, EventStream
 from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
-from ._messages import Ask, CancelTask, SendInput, SendSignal, Signal
+from ._messages import CancelTask, Message, SendInput, SendSignal, Signal
 
 log = logging.getLogger("taskactors.runtime")
 
 S = TaskState
+
+
+def new_task_id() -> str:
+    """A fresh task id: 32 hex digits of a UUIDv7 (RFC 9562).
+
+    Its first 48 bits are the wall clock in milliseconds, so ids sort by
+    creation time; the store's indexes keyed by task id (events, journal)
+    then take the rows of tasks made together side by side, which makes a
+    batch of writes touch a few pages instead of one per task (issue #5).
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
+    return f"{value:032x}"
 
 
 class Runtime:
@@ -150,7 +166,8 @@ class Runtime:
         self._check_open()
         spec = self.app.spec(name)
         chosen = Strategy(strategy) if strategy is not None else spec.strategy
-        task_id = task_id or uuid.uuid4().hex
+        chosen_id = task_id
+        task_id = task_id or new_task_id()
         now = self.store.clock.now()
         record = TaskRecord(
             id=task_id,
@@ -169,15 +186,21 @@ class Runtime:
             lease_expires=now + self.lease,
             epoch=1,
         )
+        event = NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
+        if chosen_id is None:
+            # A fresh id: nobody can revive or submit this task meanwhile.
+            return self._started(await self.store.put_task(record, (event,)), user_id)
         async with self._starting_guard(task_id):
-            event = NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
-            result = await self.store.put_task(record, (event,))
-            if not result.created:
-                existing = result.record
-                if user_id is not None and existing.user_id != user_id:
-                    raise TaskExists(task_id)
-                return TaskInfo.from_record(existing)
-            self._start_actor(result.record, (), ())
+            return self._started(await self.store.put_task(record, (event,)), user_id)
+
+    def _started(self, result: CreateResult, user_id: str | None) -> TaskInfo:
+        """Start the actor of a task just created, or answer for the existing one."""
+        if not result.created:
+            existing = result.record
+            if user_id is not None and existing.user_id != user_id:
+                raise TaskExists(existing.id)
+            return TaskInfo.from_record(existing)
+        self._start_actor(result.record, (), ())
         return TaskInfo.from_record(result.record)
 
     # -- messages ------------------------------------------------------------
@@ -190,7 +213,7 @@ class Runtime:
             TaskOwnedElsewhere, TypeError (input not JSON-serializable).
         """
         encode(input)
-        return await self._deliver(task_id, user_id, lambda: SendInput(input))
+        return await self._deliver(task_id, user_id, SendInput(input))
 
     async def signal(
         self, task_id: str, signal: Signal | str, *, user_id: str | None = None
@@ -205,7 +228,7 @@ class Runtime:
             TaskOwnedElsewhere.
         """
         chosen = Signal(signal)
-        return await self._deliver(task_id, user_id, lambda: SendSignal(chosen))
+        return await self._deliver(task_id, user_id, SendSignal(chosen))
 
     async def cancel(
         self, task_id: str, *, reason: str | None = None, user_id: str | None = None
@@ -218,46 +241,34 @@ class Runtime:
         Raises:
             TaskNotFound; NotCancelable: the task completed, failed or was rejected.
         """
-        return await self._deliver(task_id, user_id, lambda: CancelTask(reason))
+        return await self._deliver(task_id, user_id, CancelTask(reason))
 
-    async def _deliver(
-        self, task_id: str, user_id: str | None, make: Callable[[], Ask]
-    ) -> TaskInfo:
+    async def _deliver(self, task_id: str, user_id: str | None, message: Message) -> TaskInfo:
         self._check_open()
         await self._load(task_id, user_id)
         for _ in range(8):
             try:
                 actor = await self._actor_for(task_id)
             except LeaseHeldError as exc:
-                message = make()
                 if isinstance(message, CancelTask):
                     return await self._cancel_remote(task_id, message.reason)
                 raise TaskOwnedElsewhere(task_id, exc.owner) from None
             except UnknownTaskName:
                 # An orphan (its handler is not registered here) can still be
                 # cancelled: that needs no handler.
-                message = make()
                 if isinstance(message, CancelTask):
                     return await self._cancel_remote(task_id, message.reason)
                 raise
             if actor is None:
-                return self._answer_finished(await self._load(task_id, user_id), make())
-            message = make()
+                return self._answer_finished(await self._load(task_id, user_id), message)
             try:
-                actor.send_nowait(message)
-            except trio.ClosedResourceError:
-                await actor.stopped.wait()
-                continue
-            try:
-                info: TaskInfo = await message.reply.wait()
-            except ActorStoppedError:
+                return await actor.deliver(message)
+            except (ActorGone, ActorStoppedError):
                 self._check_open()
-                await actor.stopped.wait()
                 continue
-            return info
         raise ActorStoppedError(f"task {task_id}: its actor kept stopping; try again")
 
-    def _answer_finished(self, record: TaskRecord, message: Ask) -> TaskInfo:
+    def _answer_finished(self, record: TaskRecord, message: Message) -> TaskInfo:
         """What the lifecycle says to a message for a task with no actor (finished)."""
         if isinstance(message, CancelTask):
             transition(record.state, Command.CANCEL, record.id)
