@@ -90,6 +90,15 @@ class Backend(Protocol):
         """Inbox items in id order."""
         ...
 
+    def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """``read_journal`` of many tasks at once: every id maps to its entries
+        (an unknown id to an empty list)."""
+        ...
+
+    def list_inboxes(self, task_ids: Sequence[str]) -> dict[str, list[InboxItem]]:
+        """``list_inbox`` of many tasks at once: every id maps to its items."""
+        ...
+
     # -- keyed state, workflow data, deterministic values ---------------------
     def get_key_state(self, key: str, now: float) -> str | None:
         """The state of key, None if missing or expired at now."""

@@ -448,6 +448,14 @@ class MemoryBackend:
         inbox = self._inbox.get(task_id, {})
         return [inbox[item_id] for item_id in sorted(inbox)]
 
+    def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """``read_journal`` of many tasks at once."""
+        return {task_id: self.read_journal(task_id) for task_id in task_ids}
+
+    def list_inboxes(self, task_ids: Sequence[str]) -> dict[str, list[InboxItem]]:
+        """``list_inbox`` of many tasks at once."""
+        return {task_id: self.list_inbox(task_id) for task_id in task_ids}
+
     # -- keyed state, workflow data, deterministic values -------------------------
     def get_key_state(self, key: str, now: float) -> str | None:
         """The state of key, None if missing or expired at now."""

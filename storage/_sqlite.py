@@ -35,12 +35,16 @@ command in ``_sqlite_commands.py``. Rows are tuples; they map to records by
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, TypeVar
+
+import attrs
 
 from ._commands import Command
 from ._errors import (
@@ -94,6 +98,49 @@ _TERMINAL = ", ".join(
     f"'{state.value}'" for state in sorted(TERMINAL_STATES, key=lambda s: s.value)
 )
 _OLDEST_FIRST = "ORDER BY created_at, id"
+#: Task ids per query of a bulk read.
+_IDS_PER_QUERY = 2000
+
+
+def _oldest_first(record: TaskRecord) -> tuple[float, str]:
+    return (record.created_at, record.id)
+
+
+def _seq(event: StoredEvent) -> int:
+    return event.seq
+
+
+def _index(entry: JournalEntry) -> int:
+    return entry.index
+
+
+def _item_id(item: InboxItem) -> int:
+    return item.id
+
+
+R = TypeVar("R", bound=attrs.AttrsInstance)
+
+
+def _select(
+    connection: sqlite3.Connection,
+    mapper: RowMapper[R],
+    inner: str,
+    parameters: Sequence[object] = (),
+) -> list[R]:
+    """The records an inner ``SELECT <mapper's columns> ...`` finds, in its order.
+
+    One row comes back (all the records as one JSON text), so the query
+    costs one step of the statement whatever the number of records: each
+    step lets go of the GIL and must take it back, which a busy trio thread
+    makes slow (see ``_sqlite_commands``). The order of the inner query is
+    the order of the aggregate (it has its ORDER BY, and SQLite feeds an
+    aggregate in the order of a subquery it does not flatten); callers that
+    need an order still sort, cheaply, on already sorted input.
+    """
+    (text,) = connection.execute(
+        f"SELECT json_group_array({mapper.json_array}) FROM ({inner})", parameters
+    ).fetchone()
+    return [mapper.from_json_row(row) for row in json.loads(text)]
 
 
 def _rollback_quietly(connection: sqlite3.Connection) -> None:
@@ -380,8 +427,9 @@ class SQLiteBackend:
     # -- reads: tasks ------------------------------------------------------------
     def _tasks(self, sql: str, parameters: Sequence[object] = ()) -> list[TaskRecord]:
         def query(connection: sqlite3.Connection) -> list[TaskRecord]:
-            rows = connection.execute(sql, parameters).fetchall()
-            return [TASKS.from_row(row) for row in rows]
+            records = _select(connection, TASKS, sql, parameters)
+            records.sort(key=_oldest_first)
+            return records
 
         return self._read(query)
 
@@ -445,12 +493,15 @@ class SQLiteBackend:
         """Events with seq > after, in seq order."""
 
         def query(connection: sqlite3.Connection) -> list[StoredEvent]:
-            rows = connection.execute(
+            events = _select(
+                connection,
+                EVENTS,
                 f"SELECT {EVENTS.columns} FROM events"
                 " WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (task_id, after, -1 if limit is None else max(limit, 0)),
-            ).fetchall()
-            return [EVENTS.from_row(row) for row in rows]
+            )
+            events.sort(key=_seq)
+            return events
 
         return self._read(query)
 
@@ -474,26 +525,54 @@ class SQLiteBackend:
 
     def read_journal(self, task_id: str) -> list[JournalEntry]:
         """Journal entries in index order."""
+        return self.read_journals([task_id])[task_id]
 
-        def query(connection: sqlite3.Connection) -> list[JournalEntry]:
-            rows = connection.execute(
-                f'SELECT {JOURNAL.columns} FROM journal WHERE task_id = ? ORDER BY "index"',
-                (task_id,),
-            ).fetchall()
-            return [JOURNAL.from_row(row) for row in rows]
+    def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """The journals of many tasks (one query per few thousand tasks)."""
+        journals: dict[str, list[JournalEntry]] = {task_id: [] for task_id in task_ids}
 
-        return self._read(query)
+        def query(connection: sqlite3.Connection, chunk: Sequence[str]) -> None:
+            for entry in _select(
+                connection,
+                JOURNAL,
+                f"SELECT {JOURNAL.columns} FROM journal"
+                ' WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, "index"',
+                (json.dumps(chunk),),
+            ):
+                journals[entry.task_id].append(entry)
+
+        self._read_chunks(query, task_ids)
+        for entries in journals.values():
+            entries.sort(key=_index)
+        return journals
 
     def list_inbox(self, task_id: str) -> list[InboxItem]:
         """Inbox items in id order."""
+        return self.list_inboxes([task_id])[task_id]
 
-        def query(connection: sqlite3.Connection) -> list[InboxItem]:
-            rows = connection.execute(
-                f"SELECT {_INBOX.columns} FROM inbox WHERE task_id = ? ORDER BY id", (task_id,)
-            ).fetchall()
-            return [_INBOX.from_row(row) for row in rows]
+    def list_inboxes(self, task_ids: Sequence[str]) -> dict[str, list[InboxItem]]:
+        """The inboxes of many tasks (one query per few thousand tasks)."""
+        inboxes: dict[str, list[InboxItem]] = {task_id: [] for task_id in task_ids}
 
-        return self._read(query)
+        def query(connection: sqlite3.Connection, chunk: Sequence[str]) -> None:
+            for item in _select(
+                connection,
+                _INBOX,
+                f"SELECT {_INBOX.columns} FROM inbox"
+                " WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (json.dumps(chunk),),
+            ):
+                inboxes[item.task_id].append(item)
+
+        self._read_chunks(query, task_ids)
+        for items in inboxes.values():
+            items.sort(key=_item_id)
+        return inboxes
+
+    def _read_chunks(self, query: Callable[..., None], task_ids: Sequence[str]) -> None:
+        unique = list(dict.fromkeys(task_ids))
+        for start in range(0, len(unique), _IDS_PER_QUERY):
+            self._read(functools.partial(query, chunk=unique[start : start + _IDS_PER_QUERY]))
 
     # -- reads: keyed state, workflow data, deterministic values -----------------------
     def get_key_state(self, key: str, now: float) -> str | None:
@@ -545,11 +624,14 @@ class SQLiteBackend:
         """Nodes whose lease holds at now, by start time then id."""
 
         def query(connection: sqlite3.Connection) -> list[NodeRecord]:
-            rows = connection.execute(
+            nodes = _select(
+                connection,
+                NODES,
                 f"SELECT {NODES.columns} FROM nodes"
                 " WHERE lease_expires >= ? ORDER BY started_at, node_id",
                 (now,),
-            ).fetchall()
-            return [NODES.from_row(row) for row in rows]
+            )
+            nodes.sort(key=lambda node: (node.started_at, node.node_id))
+            return nodes
 
         return self._read(query)

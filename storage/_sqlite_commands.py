@@ -99,20 +99,12 @@ LAST_SEQ, DONE, TOTAL, ERROR = (
 _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_expires", "epoch")
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
 _MUTABLE_AT = [_AT[name] for name in _MUTABLE]
-_REAL = ("created_at", "updated_at", "lease_expires", "progress_done", "progress_total")
-_REAL_AT = [_AT[name] for name in _REAL]
+_REAL_AT = TASKS.reals
 
-#: Every task named in a JSON array of ids, as one JSON text (REALs as exact text).
+#: Every task named in a JSON array of ids, as one JSON text (see RowMapper.json_array).
 _LOAD = (
-    "SELECT json_group_array(json_array({})) FROM tasks"
+    f"SELECT json_group_array({TASKS.json_array}) FROM tasks"
     " WHERE id IN (SELECT value FROM json_each(?))"
-).format(
-    ", ".join(
-        f'CASE WHEN "{name}" IS NULL THEN NULL ELSE printf(\'%!.18g\', "{name}") END'
-        if name in _REAL
-        else f'"{name}"'
-        for name in _FIELDS
-    )
 )
 _SELECT_TASK = f"SELECT {TASKS.columns} FROM tasks WHERE id = ?"
 _UPDATE_TASKS = (

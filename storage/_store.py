@@ -291,6 +291,14 @@ class Store:
     async def list_inbox(self, task_id: str) -> list[InboxItem]:
         return await self._read(self.backend.list_inbox, task_id)
 
+    async def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """The journals of many tasks in a few queries (recovery); id -> entries."""
+        return await self._read(self.backend.read_journals, list(task_ids))
+
+    async def list_inboxes(self, task_ids: Sequence[str]) -> dict[str, list[InboxItem]]:
+        """The inboxes of many tasks in a few queries (recovery); id -> items."""
+        return await self._read(self.backend.list_inboxes, list(task_ids))
+
     async def record_usage(self, usage: UsageRecord) -> None:
         """Store a usage report (ignored if its (task_id, key) is stored already)."""
         await self.write(TaskWrite(usage.task_id, usage=(usage,)))

@@ -500,6 +500,53 @@ async def test_journals_of_different_tasks_are_apart(store: storage.Store) -> No
     assert await store.read_journal("t2") == []
 
 
+async def test_read_journals_reads_many_tasks_at_once(store: storage.Store) -> None:
+    await put(store, make_task("t1"), make_task("t2"), make_task("t3"))
+    await store.write(
+        TaskWrite(
+            "t1",
+            journal=(JournalWrite(1, "step", "b", "2", 1), JournalWrite(0, "step", "a", "1", 1)),
+        )
+    )
+    await store.write(TaskWrite("t3", journal=(JournalWrite(0, "ask", "input", '"x"', 2),)))
+    journals = await store.read_journals(["t1", "t2", "t3", "nope", "t1"])
+    assert set(journals) == {"t1", "t2", "t3", "nope"}
+    assert journals["t1"] == await store.read_journal("t1")
+    assert [(e.index, e.name) for e in journals["t1"]] == [(0, "a"), (1, "b")]
+    assert journals["t2"] == journals["nope"] == []
+    assert [(e.task_id, e.kind, e.value, e.run) for e in journals["t3"]] == [
+        ("t3", "ask", '"x"', 2)
+    ]
+    assert await store.read_journals([]) == {}
+
+
+async def test_list_inboxes_reads_many_tasks_at_once(store: storage.Store) -> None:
+    await put(store, make_task("t1"), make_task("t2"))
+    added = await store.write(TaskWrite("t1", inbox_add=('"a"', '"b"')))
+    inboxes = await store.list_inboxes(["t1", "t2", "nope"])
+    assert inboxes == {
+        "t1": await store.list_inbox("t1"),
+        "t2": [],
+        "nope": [],
+    }
+    assert [item.id for item in inboxes["t1"]] == list(added.inbox_ids)
+
+
+async def test_bulk_reads_keep_timestamps_and_payloads_exact(
+    store: storage.Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Timestamps with every digit a double has, and payloads JSON must escape.
+    await trio.sleep(0.123456789012345)
+    await put(store, make_task("t1", created_at=1_764_512_345.123_456_7))
+    value = json.dumps({"quote": '"', "newline": "\n", "unicode": "é\u2028"})
+    await store.write(TaskWrite("t1", journal=(JournalWrite(0, "step", "s", value, 1),)))
+    (entry,) = (await store.read_journals(["t1"]))["t1"]
+    assert entry.value == value and entry.at == store.clock.now()
+    (record,) = await store.list_tasks()
+    assert record.created_at == 1_764_512_345.123_456_7
+    assert record.updated_at == store.clock.now()
+
+
 # -- inbox --------------------------------------------------------------------
 
 
