@@ -206,6 +206,12 @@ class SQLiteBackend:
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._idle_readers: list[sqlite3.Connection] = []
+        # The writer's copy of the task rows it wrote last (see WriteBatch),
+        # valid while PRAGMA data_version says no other connection wrote.
+        self._rows: dict[str, list[Any]] = {}
+        self._data_version: int | None = None
+        #: Most task rows the writer keeps (unfinished tasks it wrote lately).
+        self.max_cached_rows = 250_000
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"
@@ -410,19 +416,28 @@ class SQLiteBackend:
             connection.execute("BEGIN IMMEDIATE")
             committed = False
             try:
-                outcomes = self._apply_batch(connection, commands, now)
+                # Another connection (another process) committed since our
+                # last batch: the rows we keep may be stale.
+                (version,) = connection.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    self._rows.clear()
+                    self._data_version = version
+                batch = WriteBatch(connection, now, self._rows)
+                outcomes = self._apply_batch(batch, commands)
                 connection.execute("COMMIT")
                 committed = True
             finally:
                 if not committed:
+                    self._rows.clear()  # the batch changed them in place
                     _rollback_quietly(connection)
+            batch.forget_finished()
+            if len(self._rows) > self.max_cached_rows:
+                self._rows.clear()
         return outcomes
 
-    def _apply_batch(
-        self, connection: sqlite3.Connection, commands: Sequence[Command], now: float
-    ) -> list[object]:
+    def _apply_batch(self, batch: WriteBatch, commands: Sequence[Command]) -> list[object]:
         """The batch's statements, inside its open transaction (before COMMIT)."""
-        return WriteBatch(connection, now).apply(commands, StorageError)
+        return batch.apply(commands, StorageError)
 
     # -- reads: tasks ------------------------------------------------------------
     def _tasks(self, sql: str, parameters: Sequence[object] = ()) -> list[TaskRecord]:

@@ -14,8 +14,8 @@ Theory of operation
    it changes anything, so a refused command leaves no trace and needs no
    savepoint. Rows to insert (events, journal entries, results, usage) and
    the tasks created or changed are collected.
-3. *Write*: one multi-row statement per table (chunks of at most
-   ``_MAX_ROWS`` rows): the new tasks, the changed tasks, their events...
+3. *Write*: one multi-row statement per table (a few thousand rows each,
+   see ``_SIZES``): the new tasks, the changed tasks, their events...
 
 Why so few statements: the ``sqlite3`` module lets go of the GIL around
 every step of a statement, and takes it back after. While the trio thread
@@ -67,6 +67,7 @@ from ._commands import (
 )
 from ._errors import ConflictError, LeaseHeldError, RecordNotFoundError, StaleEpochError
 from ._records import (
+    TERMINAL_STATES,
     ExceptionRecord,
     JournalEntry,
     NewEvent,
@@ -100,6 +101,7 @@ _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_exp
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
 _MUTABLE_AT = [_AT[name] for name in _MUTABLE]
 _REAL_AT = TASKS.reals
+_TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 
 #: Every task named in a JSON array of ids, as one JSON text (see RowMapper.json_array).
 _LOAD = (
@@ -113,11 +115,12 @@ _UPDATE_TASKS = (
     columns=", ".join(f'"{name}"' for name in ("id", *_MUTABLE)),
     sets=", ".join(f'"{name}" = v."{name}"' for name in _MUTABLE),
 )
-_INSERT_TASKS = f"INSERT INTO tasks ({TASKS.columns}) VALUES {{rows}}"
-_INSERT_EVENTS = f"INSERT INTO events ({EVENTS.columns}) VALUES {{rows}}"
-_UPSERT_JOURNAL = f"INSERT OR REPLACE INTO journal ({JOURNAL.columns}) VALUES {{rows}}"
-_UPSERT_RESULTS = "INSERT OR REPLACE INTO results (task_id, value) VALUES {rows}"
-_INSERT_USAGE = f"INSERT OR IGNORE INTO usage ({USAGE.columns}) VALUES {{rows}}"
+_PADDED = " SELECT * FROM (VALUES {rows}) WHERE column1 IS NOT NULL"
+_INSERT_TASKS = f"INSERT INTO tasks ({TASKS.columns})" + _PADDED
+_INSERT_EVENTS = f"INSERT INTO events ({EVENTS.columns})" + _PADDED
+_UPSERT_JOURNAL = f"INSERT OR REPLACE INTO journal ({JOURNAL.columns})" + _PADDED
+_UPSERT_RESULTS = "INSERT OR REPLACE INTO results (task_id, value)" + _PADDED
+_INSERT_USAGE = f"INSERT OR IGNORE INTO usage ({USAGE.columns})" + _PADDED
 _UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({NODES.columns}) VALUES {NODES.placeholders}"
 _UPSERT_EXCEPTION = (
     f"INSERT OR REPLACE INTO exceptions (task_id, {EXCEPTIONS.columns})"
@@ -125,8 +128,11 @@ _UPSERT_EXCEPTION = (
 )
 _RELEASE = "UPDATE tasks SET owner = NULL, lease_expires = NULL WHERE owner = ?"
 
-#: Most rows in one multi-row statement.
-_MAX_ROWS = 512
+#: Row counts of the multi-row statements: a batch's rows go in as few as
+#: can hold them, padded with rows of NULLs that the statements skip. Fixed
+#: sizes keep the statement texts few (cached, parsed once) and the steps of
+#: a batch few: each statement is one trip out of the GIL and back.
+_SIZES = (16, 128, 1024, 4096)
 
 
 def write_rows(
@@ -134,19 +140,22 @@ def write_rows(
 ) -> None:
     """Write rows with as few statements as the variable limit allows.
 
-    ``template`` has a ``{rows}`` slot for ``(?, ...), (?, ...)``. Chunks are
-    powers of two, so a handful of statement texts serve every batch (and
-    stay in the connection's statement cache).
+    ``template`` has a ``{rows}`` slot for ``(?, ...), (?, ...)``, and must
+    ignore a row whose first value is NULL (the padding).
     """
-    limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    most = min(_MAX_ROWS, max(1, limit // width))
+    limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    sizes = [size for size in _SIZES if size <= limit] or [max(1, limit)]
     row = f"({', '.join('?' * width)})"
     start = 0
     while start < len(rows):
-        count = 1 << (min(most, len(rows) - start).bit_length() - 1)
-        sql = template.format(rows=", ".join(itertools.repeat(row, count)))
-        connection.execute(sql, list(itertools.chain.from_iterable(rows[start : start + count])))
-        start += count
+        left = len(rows) - start
+        size = next((size for size in sizes if size >= left), sizes[-1])
+        chunk = rows[start : start + size]
+        parameters = list(itertools.chain.from_iterable(chunk))
+        if len(chunk) < size:
+            parameters.extend(itertools.repeat(None, (size - len(chunk)) * width))
+        connection.execute(template.format(rows=", ".join(itertools.repeat(row, size))), parameters)
+        start += size
 
 
 def select_task(connection: sqlite3.Connection, task_id: str) -> TaskRecord | None:
@@ -177,11 +186,17 @@ def _task_ids(commands: Iterable[Command]) -> list[str]:
 class WriteBatch:
     """One batch of commands on the writer connection; see the module docstring."""
 
-    def __init__(self, connection: sqlite3.Connection, now: float) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, now: float, rows: dict[str, list[Any]]
+    ) -> None:
         self.connection = connection
         self.now = now
-        #: Loaded and created tasks: id -> row (a list in field order, state as text).
-        self.rows: dict[str, list[Any]] = {}
+        #: Known tasks: id -> row (a list in field order, state as text). The
+        #: backend's cache of committed rows, changed in place: the backend
+        #: drops it whole if the batch does not commit.
+        self.rows = rows
+        #: Ids of the tasks this batch created or changed.
+        self.touched: set[str] = set()
         #: Ids known not to exist.
         self.missing: set[str] = set()
         self.created: dict[str, None] = {}
@@ -207,6 +222,7 @@ class WriteBatch:
 
     # -- rows ------------------------------------------------------------------
     def _load(self, ids: list[str]) -> None:
+        ids = [task_id for task_id in ids if task_id not in self.rows]
         if not ids:
             return
         (text,) = self.connection.execute(_LOAD, (json.dumps(ids),)).fetchone()
@@ -226,6 +242,14 @@ class WriteBatch:
                 return None
             row = self.rows[task_id] = list(found)
         return row
+
+    def forget_finished(self) -> None:
+        """Drop the rows of tasks this batch finished and released (rarely written again)."""
+        rows = self.rows
+        for task_id in self.touched:
+            row = rows.get(task_id)
+            if row is not None and row[OWNER] is None and row[STATE] in _TERMINAL:
+                del rows[task_id]
 
     def _require(self, task_id: str) -> list[Any]:
         row = self._row(task_id)
@@ -248,6 +272,8 @@ class WriteBatch:
                 1 + len(_MUTABLE),
                 [[i, *(rows[i][position] for position in _MUTABLE_AT)] for i in changed],
             )
+        self.touched.update(self.created)
+        self.touched.update(self.changed)
         self.created = {}
         self.changed = {}
 

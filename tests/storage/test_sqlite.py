@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -39,6 +40,7 @@ from storage import (
     _sqlite,
 )
 from storage._sqlite import SQLiteBackend
+from storage._sqlite_commands import WriteBatch
 from storage._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 NOW = 1_000.0
@@ -409,10 +411,8 @@ class GatedBackend(SQLiteBackend):
         self.in_batch = threading.Event()
         self.release = threading.Event()
 
-    def _apply_batch(
-        self, connection: sqlite3.Connection, commands: Sequence[Command], now: float
-    ) -> list[object]:
-        outcomes = super()._apply_batch(connection, commands, now)
+    def _apply_batch(self, batch: WriteBatch, commands: Sequence[Command]) -> list[object]:
+        outcomes = super()._apply_batch(batch, commands)
         if self.GATE in commands:
             self.in_batch.set()
             assert self.release.wait(timeout=60)
@@ -511,3 +511,57 @@ async def test_data_survives_close_and_reopen(path: Path) -> None:
         # Inbox ids keep growing across reopen (AUTOINCREMENT).
         result = await store.write(TaskWrite("a", inbox_add=('"again"',)))
         assert result.inbox_ids == (2,)
+
+
+def test_a_write_by_another_connection_is_seen_by_the_next_batch(path: Path) -> None:
+    # Two backends on one file, as two processes would have: each writer
+    # keeps the rows it wrote, and must not trust them once the other wrote.
+    first, second = SQLiteBackend(path), SQLiteBackend(path)
+    first.open()
+    second.open()
+    try:
+        record = attrs.evolve(make_task("t"), owner="a", lease_expires=NOW + 60, epoch=1)
+        [created] = first.apply([CreateTask(record)], NOW)
+        assert isinstance(created, CreateResult)
+        [written] = first.apply([TaskWrite("t", epoch=1, events=(NewEvent("a"),))], NOW)
+        assert isinstance(written, TaskWriteResult)
+        [claimed] = second.apply([storage.ClaimTask("t", "b", NOW + 60, force=True)], NOW)
+        assert isinstance(claimed, TaskRecord) and claimed.epoch == 2
+        [refused, accepted] = first.apply(
+            [
+                TaskWrite("t", epoch=1, events=(NewEvent("stale"),)),
+                TaskWrite("t", epoch=2, events=(NewEvent("fresh"),)),
+            ],
+            NOW,
+        )
+        assert isinstance(refused, StaleEpochError)
+        assert isinstance(accepted, TaskWriteResult)
+        assert accepted.record.owner == "b" and accepted.events[0].seq == 2
+        assert [event.kind for event in first.read_events("t")] == ["a", "fresh"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_batch_that_fails_leaves_no_trace_in_the_next_one(path: Path) -> None:
+    backend = SQLiteBackend(path)
+    backend.open()
+    try:
+        backend.apply([CreateTask(make_task("t"))], NOW)
+        writer = backend._writer
+        assert writer is not None
+        # The COMMIT fails (the database is locked by another connection):
+        # nothing of the batch may survive, in the file or in the writer's rows.
+        with closing(sqlite3.connect(path)) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            backend.busy_timeout = 0
+            writer.execute("PRAGMA busy_timeout = 0")
+            with pytest.raises(BackendUnavailableError):
+                backend.apply([TaskWrite("t", events=(NewEvent("lost"),))], NOW)
+            other.rollback()
+        [written] = backend.apply([TaskWrite("t", events=(NewEvent("kept"),))], NOW)
+        assert isinstance(written, TaskWriteResult)
+        assert written.record.last_seq == 1 and written.events[0].seq == 1
+        assert [event.kind for event in backend.read_events("t")] == ["kept"]
+    finally:
+        backend.close()
