@@ -148,9 +148,11 @@ class TaskActor:
         self.record = record
         self.task_id = record.id
         self.epoch = record.epoch
-        self.journal: dict[int, JournalEntry] = {entry.index: entry for entry in journal}
+        self.journal: dict[int, JournalEntry] = (
+            {entry.index: entry for entry in journal} if journal else {}
+        )
         self.journal_end = max(self.journal, default=-1) + 1
-        self.inbox: list[InboxItem] = list(inbox)
+        self.inbox: list[InboxItem] = list(inbox) if inbox else []
         self._lock = ActorLock()
         #: The Request of the run to start once the current one has unwound.
         self._next: Request | None = None
@@ -250,6 +252,10 @@ class TaskActor:
         """
         draft = self._add(expect, **parts)
         await draft.wait_quietly()
+        return self._committed(draft)
+
+    def _committed(self, draft: TaskDraft) -> TaskWriteResult:
+        """The result of a draft that is done; raise what refused it (or an earlier one)."""
         outcome = draft._outcome
         if self._lost is not None:
             raise self._lost from outcome if isinstance(outcome, StorageError) else None
@@ -362,11 +368,13 @@ class TaskActor:
         """Record a journal entry durably (a step result, a checkpoint...)."""
         if not self._live(ctx):
             await self._dead_run()
-        await self._commit(
-            RUNNING,
+        draft = self._draft_for(RUNNING)
+        draft.add(
+            [_event(k, d) for k, d in events],
             journal=(JournalWrite(index, kind, name, value, self.run),),
-            events=tuple(_event(k, d) for k, d in events),
         )
+        await draft.wait_quietly()
+        self._committed(draft)
         self._remember(index, kind, name, value)
         # The wait for the store is not a cancel point; a run ended meanwhile stops here.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -469,6 +477,8 @@ class TaskActor:
     async def _attempts(self, scope: trio.CancelScope, request: Request) -> None:
         async with self._lock:
             if self.state is S.PENDING:
+                # Durable before the handler runs: whoever sees the handler's
+                # effects reads the task as running.
                 await self._transition(Command.START, {"run": self.run})
             elif self.state is not S.RUNNING:
                 return

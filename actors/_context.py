@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import random as random_module
+import types
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -224,18 +225,24 @@ class TaskContext:
             NonDeterminismError: the journal has another entry at this position.
             TypeError: fn's result is not JSON-serializable.
         """
-        await self._actor.safe_point(self)
+        actor = self._actor
+        if actor._pause_requested:
+            await actor.safe_point(self)
         index, entry = self._next("step", name)
         if entry is not None:
             await trio.lowlevel.checkpoint()  # a replay is a cancel point too
             return decode(entry.value)
-        self._actor.emit_nowait(self, "step_started", {"name": name, "index": index})
-        faults = self._actor.runtime._fault_point
-        await faults("before_step", self.task_id, name, index)
+        actor.emit_nowait(self, "step_started", {"name": name, "index": index})
+        runtime = actor.runtime
+        # Fault points cost a truth test unless a test armed one.
+        armed = runtime._faults_armed
+        if armed:
+            await runtime._fault_point("before_step", self.task_id, name, index)
         attempt = 0
         while True:
             attempt += 1
-            self.heartbeat()
+            if actor._hb_scope is not None:
+                self.heartbeat()
             try:
                 if _is_async(fn):
                     value = await fn(*args)
@@ -263,8 +270,9 @@ class TaskContext:
             text = encode(value)
         except TypeError as exc:
             raise TypeError(f"step {name!r} of task {self.task_id}: {exc}") from None
-        await faults("after_body", self.task_id, name, index)
-        await self._actor.record_entry(
+        if armed:
+            await runtime._fault_point("after_body", self.task_id, name, index)
+        await actor.record_entry(
             self,
             index,
             "step",
@@ -272,8 +280,10 @@ class TaskContext:
             text,
             events=(("step_completed", {"name": name, "index": index}),),
         )
-        await faults("after_store", self.task_id, name, index)
-        await self._actor.safe_point(self)
+        if armed:
+            await runtime._fault_point("after_store", self.task_id, name, index)
+        if actor._pause_requested:
+            await actor.safe_point(self)
         return value if type(value) in _EXACT_JSON else decode(text)
 
     async def checkpoint(self, state: Any) -> None:
@@ -430,6 +440,8 @@ _EXACT_JSON = frozenset({str, int, float, bool, type(None)})
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
+    if type(fn) is types.FunctionType:  # the usual case, without inspect's unwrapping
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004
     )

@@ -57,7 +57,7 @@ class TaskInfo:
             updated_at=record.updated_at,
             progress=progress,
             error=record.error,
-            metadata=decode(record.metadata),
+            metadata={} if record.metadata == "{}" else decode(record.metadata),
             strategy=record.strategy,
             run=record.run,
             last_seq=record.last_seq,

@@ -542,6 +542,11 @@ class Runtime:
                 log.exception("task %s: could not cancel child %s", task_id, child.id)
 
     # -- fault injection -------------------------------------------------------------
+    @property
+    def _faults_armed(self) -> bool:
+        """Whether a test armed a crash point or a step observer."""
+        return bool(self._crash_points or self._observers)
+
     async def _fault_point(self, point: Point, task_id: str, step: str, index: int) -> None:
         """See actors._faults; a no-op unless a test armed something."""
         if not (self._crash_points or self._observers):
