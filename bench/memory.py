@@ -147,7 +147,8 @@ def run(b: Bench) -> None:
     if isinstance(input_result, ChildError):
         b.error("d", "rss_added_by_input_required_tasks", str(input_result))
         return
-    scale = 100_000 / n
+    # The target is for 100,000 tasks; a quick run's 10,000 carry the fixed
+    # costs (SQLite's page cache, allocator arenas) almost alone: no target.
     b.emit(
         "d",
         "rss_added_by_input_required_tasks",
@@ -156,7 +157,7 @@ def run(b: Bench) -> None:
         baseline=TRIO_IDLE_RSS,
         baseline_value=b.baselines.get(TRIO_IDLE_RSS, 0) * n / 2**20 or None,
         better="lower",
-        target=("<", 100 / scale),
+        target=None if b.quick else ("<", 100),
         n=n,
         per_task_bytes=input_result["per_task"],
         live_actors=input_result["live_actors"],
