@@ -240,24 +240,23 @@ class MemoryBackend:
                 record.id, frozenset(state.value for state in write.expect), record.state.value
             )
 
-        new = record
+        changes: dict[str, Any] = {}
         if write.state is not None:
-            new = attrs.evolve(new, state=write.state)
+            changes["state"] = write.state
         if write.input is not None:
-            new = attrs.evolve(new, input=write.input)
+            changes["input"] = write.input
         if write.run is not None:
-            new = attrs.evolve(new, run=write.run)
+            changes["run"] = write.run
         if write.progress is not None:
-            done, total = write.progress
-            new = attrs.evolve(new, progress_done=done, progress_total=total)
+            changes["progress_done"], changes["progress_total"] = write.progress
         if write.error is not None:
-            new = attrs.evolve(new, error=write.error)
+            changes["error"] = write.error
         if write.release:
-            new = attrs.evolve(new, owner=None, lease_expires=None)
+            changes["owner"] = changes["lease_expires"] = None
 
         events = self._append_events(record, write.events, now)
         if events:
-            new = attrs.evolve(new, last_seq=events[-1].seq)
+            changes["last_seq"] = events[-1].seq
 
         journal = self._journal[record.id]
         if write.discard_run is not None:
@@ -297,8 +296,9 @@ class MemoryBackend:
                 )
 
         if write.changes_anything:
-            new = attrs.evolve(new, updated_at=now)
-        if new != record:
+            changes["updated_at"] = now
+        new = attrs.evolve(record, **changes) if changes else record
+        if new is not record:
             self._put(self._tasks, record.id, new)
         return TaskWriteResult(new, events, tuple(inbox_ids))
 

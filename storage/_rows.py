@@ -21,16 +21,17 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-T = TypeVar("T", bound=attrs.AttrsInstance)
+T = TypeVar("T")
 
 
 class RowMapper(Generic[T]):
-    """Maps records of ``cls`` to row tuples and back."""
+    """Maps records of ``cls`` (an attrs class or a named tuple) to row tuples and back."""
 
     def __init__(self, cls: type[T]) -> None:
         self.cls = cls
-        fields = attrs.fields(cls)
-        names = [field.name for field in fields]
+        names: list[str] = (
+            [field.name for field in attrs.fields(cls)] if attrs.has(cls) else list(cls._fields)  # type: ignore[attr-defined]
+        )
         #: The quoted column list, in field order.
         self.columns = ", ".join(f'"{name}"' for name in names)
         #: ``(?, ?, ...)``: one placeholder per column.

@@ -44,8 +44,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, TypeVar
 
-import attrs
-
 from ._commands import Command
 from ._errors import (
     BackendUnavailableError,
@@ -118,7 +116,7 @@ def _item_id(item: InboxItem) -> int:
     return item.id
 
 
-R = TypeVar("R", bound=attrs.AttrsInstance)
+R = TypeVar("R")
 
 
 def _select(

@@ -64,7 +64,7 @@ class PendingWrite:
     def __init__(self, command: Command | None) -> None:
         self._command = command
         self._outcome: object = _NOT_DONE
-        self._waiters: list[trio.lowlevel.Task] | None = None
+        self._waiters: trio.lowlevel.Task | list[trio.lowlevel.Task] | None = None
         #: Called with the StorageError if the write is refused or fails
         #: (lets a fire-and-forget writer learn of it without keeping the write).
         self.on_error: Callable[[StorageError], None] | None = None
@@ -88,9 +88,13 @@ class PendingWrite:
         if self.on_error is not None and isinstance(outcome, StorageError):
             self.on_error(outcome)
         waiters, self._waiters = self._waiters, None
-        if waiters:
+        if waiters is None:
+            return
+        if isinstance(waiters, list):
             for task in waiters:
                 trio.lowlevel.reschedule(task)
+        else:
+            trio.lowlevel.reschedule(waiters)
 
     @property
     def done(self) -> bool:
@@ -112,10 +116,18 @@ class PendingWrite:
         once, without a checkpoint, if the write is done already.
         """
         if self._outcome is _NOT_DONE:
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(trio.lowlevel.current_task())
+            self._register(trio.lowlevel.current_task())
             await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+
+    def _register(self, task: trio.lowlevel.Task) -> None:
+        waiters = self._waiters
+        # One waiter is the rule (the writer): no list for it.
+        if waiters is None:
+            self._waiters = task
+        elif isinstance(waiters, list):
+            waiters.append(task)
+        else:
+            self._waiters = [waiters, task]
 
     async def wait(self) -> object:
         """Wait until the write is applied; return its result or raise its error.
@@ -123,7 +135,9 @@ class PendingWrite:
         The wait is not interruptible: a queued write is applied whatever the
         caller does, and the caller learns the truth.
         """
-        await self.wait_quietly()
+        if self._outcome is _NOT_DONE:
+            self._register(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         return self.outcome_nowait()
 
 
