@@ -74,7 +74,7 @@ from storage import (
     exception_record,
 )
 
-from ._context import MARK, TaskContext
+from ._context import MARK, Entry, TaskContext
 from ._errors import (
     ActorsError,
     ActorStoppedError,
@@ -148,8 +148,8 @@ class TaskActor:
         self.record = record
         self.task_id = record.id
         self.epoch = record.epoch
-        self.journal: dict[int, JournalEntry] = (
-            {entry.index: entry for entry in journal} if journal else {}
+        self.journal: dict[int, Entry] = (
+            {e.index: Entry(e.kind, e.name, e.value, e.run) for e in journal} if journal else {}
         )
         self.journal_end = max(self.journal, default=-1) + 1
         self.inbox: list[InboxItem] = list(inbox) if inbox else []
@@ -350,9 +350,7 @@ class TaskActor:
         self._queue(journal=(JournalWrite(index, kind, name, value, self.run),))
 
     def _remember(self, index: int, kind: str, name: str, value: str) -> None:
-        self.journal[index] = JournalEntry(
-            self.task_id, index, kind, name, value, self.run, self.clock.now()
-        )
+        self.journal[index] = Entry(kind, name, value, self.run)
         if index >= self.journal_end:
             self.journal_end = index + 1
 
@@ -439,7 +437,7 @@ class TaskActor:
         metadata: dict[str, Any] | None,
         strategy: str | None,
     ) -> TaskInfo:
-        return await self.runtime._submit(
+        return await self.runtime._submit_child(
             name,
             input,
             task_id=child_id,

@@ -33,11 +33,11 @@ import random as random_module
 import types
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import trio
 
-from storage import JournalEntry, decode, encode, on_virtual_time
+from storage import decode, encode, on_virtual_time
 
 from ._errors import NonDeterminismError, TaskFailed
 from ._info import TaskInfo
@@ -51,6 +51,19 @@ T = TypeVar("T")
 #: Journal kind of the marker left where a run was suspended (pause, ask): a
 #: later run replays quietly up to it (emit/progress are not repeated).
 MARK = "mark"
+
+
+class Entry(NamedTuple):
+    """A journal entry as a task actor keeps it (a tuple of strings and a
+    number, which the garbage collector stops tracking: an actor holds one
+    per durable call)."""
+
+    kind: str
+    name: str
+    #: JSON text of the stored value.
+    value: str
+    run: int
+
 
 #: Event kinds the runtime writes; ``ctx.emit`` may not use them.
 RESERVED_KINDS = frozenset(
@@ -166,7 +179,7 @@ class TaskContext:
         return not self._fresh
 
     # -- journal -------------------------------------------------------------
-    def _next(self, kind: str, name: str) -> tuple[int, JournalEntry | None]:
+    def _next(self, kind: str, name: str) -> tuple[int, Entry | None]:
         journal = self._actor.journal
         if not self._started:
             self._started = True

@@ -143,33 +143,51 @@ class Runtime:
             TypeError: input or metadata is not JSON-serializable.
             RuntimeClosedError: the runtime is closing.
         """
-        return await self._submit(
-            name,
-            input,
-            task_id=task_id,
-            user_id=user_id,
-            thread_id=thread_id,
-            metadata=metadata,
-            strategy=strategy,
+        record, event = self._new_task(
+            name, input, task_id, user_id, thread_id, metadata, strategy, None, None
         )
+        if task_id is None:
+            # A fresh id: nobody can revive or submit this task meanwhile.
+            return self._started(await self.store.put_task(record, (event,)), user_id)
+        async with self._starting_guard(task_id):
+            return self._started(await self.store.put_task(record, (event,)), user_id)
 
-    async def _submit(
+    async def _submit_child(
         self,
         name: str,
         input: Any,
         *,
-        task_id: str | None = None,
-        user_id: str | None = None,
-        thread_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        strategy: str | Strategy | None = None,
-        parent_id: str | None = None,
-        root_id: str | None = None,
+        task_id: str,
+        user_id: str | None,
+        thread_id: str | None,
+        metadata: dict[str, Any] | None,
+        strategy: str | Strategy | None,
+        parent_id: str,
+        root_id: str,
     ) -> TaskInfo:
+        """``submit`` of a child task (ctx.spawn): listed under its parent."""
+        record, event = self._new_task(
+            name, input, task_id, user_id, thread_id, metadata, strategy, parent_id, root_id
+        )
+        async with self._starting_guard(task_id):
+            return self._started(await self.store.put_task(record, (event,)), user_id)
+
+    def _new_task(
+        self,
+        name: str,
+        input: Any,
+        task_id: str | None,
+        user_id: str | None,
+        thread_id: str | None,
+        metadata: dict[str, Any] | None,
+        strategy: str | Strategy | None,
+        parent_id: str | None,
+        root_id: str | None,
+    ) -> tuple[TaskRecord, NewEvent]:
+        """The record of a new pending task, and its first event."""
         self._check_open()
         spec = self.app.spec(name)
         chosen = Strategy(strategy) if strategy is not None else spec.strategy
-        chosen_id = task_id
         task_id = task_id or new_task_id()
         now = self.store.clock.now()
         record = TaskRecord(
@@ -189,12 +207,7 @@ class Runtime:
             lease_expires=now + self.lease,
             epoch=1,
         )
-        event = NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
-        if chosen_id is None:
-            # A fresh id: nobody can revive or submit this task meanwhile.
-            return self._started(await self.store.put_task(record, (event,)), user_id)
-        async with self._starting_guard(task_id):
-            return self._started(await self.store.put_task(record, (event,)), user_id)
+        return record, NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
 
     def _started(self, result: CreateResult, user_id: str | None) -> TaskInfo:
         """Start the actor of a task just created, or answer for the existing one."""
