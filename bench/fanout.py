@@ -18,6 +18,8 @@ subscription ended. Figures, for S = 1 and S = 100:
   ``time.time()``), for every event of every subscriber. The latency from
   the event's ``at`` stamp (taken when its batch starts, so it includes the
   batch's own apply time) is given too.
+Then the latency at the target's load rather than at saturation: 100
+subscribers, the producer held to 1,000 events/s (100,000 deliveries/s).
 Baseline: a plain trio-websocket server sending small JSON messages, one
 frame each, to S clients of the same client process, in the same run.
 """
@@ -44,6 +46,8 @@ from ._common import Bench, ChildError, log, percentile
 app = actors.App()
 CHUNK = 100
 PACE = 1_000
+#: Events emitted together by a producer held to a rate.
+RATE_CHUNK = 10
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,15 +70,21 @@ async def _nothing() -> None:
 
 @app.task("producer")
 async def producer(ctx: actors.TaskContext, request: actors.Request) -> int:
-    count = int(request.input)
+    count, rate = request.input
     await ctx.step("go", _wait_for_go)
+    # With a rate (events/s), emit RATE_CHUNK events every RATE_CHUNK / rate seconds.
+    chunk = RATE_CHUNK if rate else CHUNK
+    start = trio.current_time()
     for i in range(count):
         ctx.emit("tick", {"i": i})
-        if i % CHUNK == CHUNK - 1:
-            await trio.lowlevel.checkpoint()
+        if i % chunk == chunk - 1:
+            if rate:
+                await trio.sleep_until(start + (i + 1) / rate)
+            else:
+                await trio.lowlevel.checkpoint()
         if i % PACE == PACE - 1:
             await ctx.step(f"paced-{i}", _nothing)
-    return count
+    return int(count)
 
 
 async def _drive_client(args: dict[str, Any], go: trio.Event) -> dict[str, Any]:
@@ -111,7 +121,7 @@ async def _drive_client(args: dict[str, Any], go: trio.Event) -> dict[str, Any]:
     return result
 
 
-async def _ours(subscribers: int, events: int, path: str) -> dict[str, Any]:
+async def _ours(subscribers: int, events: int, path: str, rate: float = 0) -> dict[str, Any]:
     global shared
     shared = _Shared()
     slots = events + 16
@@ -122,7 +132,7 @@ async def _ours(subscribers: int, events: int, path: str) -> dict[str, Any]:
         trio.open_nursery() as nursery,
     ):
         port = await nursery.start(functools.partial(actors.serve_websocket, rt, port=0))
-        info = await rt.submit("producer", events)
+        info = await rt.submit("producer", [events, rate])
 
         def on_commit(batch: Any) -> None:
             # Called right after the batch's COMMIT returned, before anyone is told.
@@ -194,6 +204,8 @@ def run(b: Bench) -> None:
         try:
             log(f"e: trio-websocket baseline, {subscribers} clients x {messages} messages")
             raw = trio.run(_raw, subscribers, messages)
+            b.baselines[f"trio_websocket_latency_p50_{subscribers}"] = raw["latency_p50"] * 1e3
+            b.baselines[f"trio_websocket_latency_p99_{subscribers}"] = raw["latency_p99"] * 1e3
             b.emit(
                 "e",
                 f"trio_websocket_msgs_per_s_{subscribers}",
@@ -239,7 +251,8 @@ def run(b: Bench) -> None:
                 baseline=f"trio_websocket_latency_p{p}_{subscribers}",
                 baseline_value=raw[key] * 1e3 if raw and raw[key] is not None else None,
                 better="lower",
-                target=("<", 50) if p == 99 and subscribers == 100 else None,
+                # No target here: an unpaced producer outruns any fan-out, so this
+                # latency is queueing; the target applies at its load (_at_load).
                 subscribers=subscribers,
                 from_at_stamp_ms=(
                     ours[f"stamp_latency_p{p}"] * 1e3
@@ -248,3 +261,33 @@ def run(b: Bench) -> None:
                 ),
                 samples=ours["latency_samples"],
             )
+    _at_load(b)
+
+
+def _at_load(b: Bench) -> None:
+    """Latency at the target's load, not at saturation: 100 subscribers, a
+    producer held to 1,000 events/s (100,000 deliveries/s offered)."""
+    subscribers, rate = 100, 1_000
+    events = b.size(20_000, 2_000)
+    log(f"e: taskactors server, {subscribers} subscribers, {events} events at {rate}/s")
+    ours = trio.run(_ours, subscribers, events, str(b.path("e-load.db")), rate)
+    for p in (50, 99):
+        key = f"latency_p{p}"
+        b.emit(
+            "e",
+            f"commit_to_client_p{p}_at_100k_per_s",
+            ours[key] * 1e3 if ours[key] is not None else None,
+            "ms",
+            baseline=f"trio_websocket_latency_p{p}_{subscribers}",
+            better="lower",
+            target=("<", 50) if p == 99 else None,
+            subscribers=subscribers,
+            offered_per_s=subscribers * rate,
+            delivered_per_s=ours["per_s"],
+            delivered=ours["delivered"],
+            expected=subscribers * events,
+            frames=ours["frames"],
+            lagged=ours["lagged"],
+            gaps=ours["gaps"],
+            samples=ours["latency_samples"],
+        )
