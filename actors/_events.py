@@ -4,26 +4,46 @@ Theory of operation
 -------------------
 The storage actor calls ``EventHub.publish`` with each batch's events right
 after the batch commits (and before any writer is answered), so the hub only
-ever sees committed events, in commit order. Each subscriber has a ``Watch``:
-a bounded buffer that ``publish`` fills without waiting. A watch whose
-buffer is full is marked *lagged* and stops buffering: the task and the other
-subscribers never wait for it.
+ever sees committed events, in commit order. It cuts them into
+``EventBatch``es, one per task: runs of one task's events with consecutive
+seqs. One batch object is shared by every subscriber of its task, so fan-out
+costs O(1) per subscriber and committed batch, whatever the batch's length:
+the events are decoded at most once (when a consumer first asks), and a
+consumer that needs another form of them (the websocket server's JSON text,
+see ``_protocol.EventEncoder``) makes it once for everyone.
+
+Each subscriber has a ``Watch``: a bounded buffer of batches that
+``publish`` fills without waiting. A watch holds at most ``capacity`` events
+(or, when it is empty, one batch of any size: the batch is shared, it costs
+the watch nothing more). One that would hold more is marked *lagged* and
+stops buffering: the task and the other subscribers never wait for it.
+
+The hub also keeps a window of the latest batches of every watched task (at
+most ``retain`` events over all tasks, oldest dropped first, and only while
+they are contiguous). A stream that opens, or reopens after a lag, with
+``after`` inside that window takes its backlog from memory rather than from
+the store: a subscriber that fell behind a busy task catches up for the
+price of a few references.
 
 ``EventStream`` joins history and live events without a gap: it registers
-its watch first, then reads the history after ``after`` from the store, then
-drains the watch, skipping what it already yielded (an event committed
-between the two steps shows up in both; it is yielded once, by seq). A
-lagged stream either raises ``SubscriptionLagged(resume_after=last seq)``
-or, with ``resume_on_lag``, reads the missing events back from the store and
-goes on: either way nothing is lost.
+its watch first, then takes the events after ``after`` from the window or,
+when they are older, from the store (a page at a time, so a long history
+never sits in memory whole), then drains the watch, skipping what it
+already yielded (an event committed between the two steps shows up in both;
+it is yielded once, by seq). While it still reads history, a lagged watch is
+simply registered again before the next read: what the watch dropped, the
+store has. A stream that lags once live either raises
+``SubscriptionLagged(resume_after=last seq)`` or, with ``resume_on_lag``,
+reads the missing events back and goes on: either way nothing is lost.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
 from storage import StoredEvent
@@ -34,33 +54,118 @@ from ._info import TaskEvent
 if TYPE_CHECKING:
     from storage import Store
 
+#: Events read from the store per query while a stream replays history.
+HISTORY_PAGE: Final = 1000
+#: Least number of events the hub's window keeps (see ``EventHub``).
+MIN_RETAIN: Final = 16_384
+
+
+@attrs.define(eq=False)
+class EventBatch:
+    """Committed events of one task with consecutive seqs, shared by all who receive them.
+
+    Made by the hub (one per task and committed batch) and by streams
+    reading history. Never changes; what is derived from it (the decoded
+    events, the first terminal event) is computed once, on first use.
+    """
+
+    task_id: str
+    #: The events as stored, seq ``first`` to ``last`` without gaps (never empty).
+    stored: Sequence[StoredEvent]
+    _events: tuple[TaskEvent, ...] | None = attrs.field(default=None, init=False)
+    _terminal: int | None = attrs.field(default=None, init=False)
+
+    @property
+    def first(self) -> int:
+        """Seq of the first event."""
+        return self.stored[0].seq
+
+    @property
+    def last(self) -> int:
+        """Seq of the last event."""
+        return self.stored[-1].seq
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    @property
+    def events(self) -> tuple[TaskEvent, ...]:
+        """The events, decoded (once for every holder of the batch)."""
+        if self._events is None:
+            self._events = tuple(TaskEvent.from_stored(stored) for stored in self.stored)
+        return self._events
+
+    def after(self, seq: int) -> EventBatch | None:
+        """The events with seq > ``seq`` (this batch if all are), or None if none is."""
+        first = self.stored[0].seq
+        if seq < first:
+            return self
+        if seq >= self.stored[-1].seq:
+            return None
+        return EventBatch(self.task_id, self.stored[seq - first + 1 :])
+
+    def through_terminal(self) -> tuple[EventBatch, bool]:
+        """The events up to the first terminal one, and whether there is one."""
+        if self._terminal is None:
+            self._terminal = len(self.stored)
+            for index, stored in enumerate(self.stored):
+                # Only a "state" event can be terminal: decode just those.
+                if stored.kind == "state" and TaskEvent.from_stored(stored).terminal:
+                    self._terminal = index
+                    break
+        if self._terminal == len(self.stored):
+            return self, False
+        if self._terminal == len(self.stored) - 1:
+            return self, True
+        return EventBatch(self.task_id, self.stored[: self._terminal + 1]), True
+
+
+def _runs(task_id: str, stored: Sequence[StoredEvent]) -> Iterator[EventBatch]:
+    """``stored`` (one task's events, in seq order) as batches of consecutive seqs."""
+    if stored[-1].seq - stored[0].seq == len(stored) - 1:
+        yield EventBatch(task_id, stored)  # the usual case: one run
+        return
+    start = 0
+    for index in range(1, len(stored)):
+        if stored[index].seq != stored[index - 1].seq + 1:
+            yield EventBatch(task_id, stored[start:index])
+            start = index
+    yield EventBatch(task_id, stored[start:])
+
 
 class Watch:
-    """One subscriber's bounded buffer of live events."""
+    """One subscriber's bounded buffer of live event batches."""
 
-    def __init__(
-        self, task_id: str | None, predicate: Callable[[TaskEvent], bool] | None, capacity: int
-    ) -> None:
+    def __init__(self, task_id: str | None, capacity: int) -> None:
         self.task_id = task_id
-        self.predicate = predicate
         self.capacity = capacity
-        self.buffer: collections.deque[TaskEvent] = collections.deque()
+        self.buffer: collections.deque[EventBatch] = collections.deque()
+        #: Events in ``buffer``.
+        self.pending = 0
         self.lagged = False
         #: Set when the hub closes (the runtime is closing).
         self.closed = False
         self._wakeup = trio.Event()
 
-    def offer(self, event: TaskEvent) -> None:
+    def offer(self, batch: EventBatch) -> None:
         if self.lagged:
             return
-        if self.predicate is not None and not self.predicate(event):
-            return
-        if len(self.buffer) >= self.capacity:
+        size = len(batch.stored)
+        if self.pending and self.pending + size > self.capacity:
             self.lagged = True
             self.buffer.clear()
+            self.pending = 0
         else:
-            self.buffer.append(event)
+            self.buffer.append(batch)
+            self.pending += size
         self._wakeup.set()
+
+    def take(self) -> list[EventBatch]:
+        """Everything buffered, oldest first; the buffer is left empty."""
+        batches = list(self.buffer)
+        self.buffer.clear()
+        self.pending = 0
+        return batches
 
     def close(self) -> None:
         self.closed = True
@@ -74,29 +179,85 @@ class Watch:
 
 
 class EventHub:
-    """Fans committed events out to watches, by task and to global watches."""
+    """Fans committed events out to watches, by task and to global watches.
 
-    def __init__(self, capacity: int = 4096) -> None:
+    Args:
+        capacity: default capacity (in events) of a watch.
+        retain: events of watched tasks kept in the window (default: the
+            larger of 4 x capacity and ``MIN_RETAIN``).
+    """
+
+    def __init__(self, capacity: int = 4096, *, retain: int | None = None) -> None:
         self.capacity = capacity
+        self.retain = retain if retain is not None else max(4 * capacity, MIN_RETAIN)
         self._by_task: dict[str, set[Watch]] = {}
         self._global: set[Watch] = set()
+        #: task id -> its latest batches, contiguous, for the watched tasks only.
+        self._windows: dict[str, collections.deque[EventBatch]] = {}
+        #: Every retained batch, oldest first (some may have left their window already).
+        self._recent: collections.deque[EventBatch] = collections.deque()
+        self._recent_events = 0
         self._closed = False
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Offer committed events to every interested watch (never blocks)."""
+        """Offer committed events to every interested watch (never blocks).
+
+        The store calls it once per committed batch, in commit order.
+        """
         by_task = self._by_task
         everyone = self._global
+        if not by_task and not everyone:
+            return
+        runs: dict[str, list[StoredEvent]] = {}
         for stored in events:
-            watches = by_task.get(stored.task_id)
-            if not watches and not everyone:
-                continue
-            # Decoded once here, shared by every subscriber.
-            event = TaskEvent.from_stored(stored)
-            if watches:
-                for watch in watches:
-                    watch.offer(event)
-            for watch in everyone:
-                watch.offer(event)
+            if everyone or stored.task_id in by_task:
+                run = runs.get(stored.task_id)
+                if run is None:
+                    runs[stored.task_id] = [stored]
+                else:
+                    run.append(stored)
+        for task_id, run in runs.items():
+            for batch in _runs(task_id, run):
+                window = self._windows.get(task_id)
+                if window is not None:
+                    self._retain(window, batch)
+                for watch in by_task.get(task_id, ()):
+                    watch.offer(batch)
+                for watch in everyone:
+                    watch.offer(batch)
+
+    def _retain(self, window: collections.deque[EventBatch], batch: EventBatch) -> None:
+        if window and window[-1].last + 1 != batch.first:
+            window.clear()  # what a window holds must be contiguous
+        window.append(batch)
+        recent = self._recent
+        recent.append(batch)
+        self._recent_events += len(batch.stored)
+        while self._recent_events > self.retain and len(recent) > 1:
+            old = recent.popleft()
+            self._recent_events -= len(old.stored)
+            owner = self._windows.get(old.task_id)
+            if owner and owner[0] is old:
+                owner.popleft()
+
+    def retained(self, task_id: str, after: int) -> list[EventBatch] | None:
+        """The task's events with seq > ``after`` from the window, if it has them all.
+
+        Returns:
+            None unless the window holds seq ``after + 1`` (then every later
+            event the hub has seen is in the batches returned).
+        """
+        window = self._windows.get(task_id)
+        if not window or window[0].first > after + 1 or window[-1].last <= after:
+            return None
+        ready: list[EventBatch] = []
+        for batch in reversed(window):
+            tail = batch.after(after)
+            if tail is None:
+                break
+            ready.append(tail)
+        ready.reverse()
+        return ready
 
     def close(self) -> None:
         """Wake every watch with "closed"; new watches start closed."""
@@ -107,20 +268,16 @@ class EventHub:
         for watch in self._global:
             watch.close()
 
-    def watch(
-        self,
-        task_id: str | None,
-        predicate: Callable[[TaskEvent], bool] | None = None,
-        capacity: int | None = None,
-    ) -> Watch:
-        """Register a watch for one task, or for every task the predicate accepts."""
-        watch = Watch(task_id, predicate, capacity or self.capacity)
+    def watch(self, task_id: str | None, capacity: int | None = None) -> Watch:
+        """Register a watch for one task, or (``task_id`` None) for every task."""
+        watch = Watch(task_id, capacity or self.capacity)
         if self._closed:
             watch.close()
         if task_id is None:
             self._global.add(watch)
         else:
             self._by_task.setdefault(task_id, set()).add(watch)
+            self._windows.setdefault(task_id, collections.deque())
         return watch
 
     def unwatch(self, watch: Watch) -> None:
@@ -132,18 +289,23 @@ class EventHub:
             watches.discard(watch)
             if not watches:
                 del self._by_task[watch.task_id]
+                # Its batches leave the window; _recent drops them in turn.
+                self._windows.pop(watch.task_id, None)
 
     def statistics(self) -> dict[str, int]:
         return {
             "task_watches": sum(len(w) for w in self._by_task.values()),
             "global_watches": len(self._global),
+            "retained_events": self._recent_events,
         }
 
 
 class EventStream:
     """A task's events after ``after``: history, then live; ends after the terminal event.
 
-    Iterate with ``async for``. Made by ``Runtime.subscribe``, which closes it.
+    Iterate with ``async for`` (one event at a time), or call
+    ``next_batch`` (every event ready, as shared batches); use one or the
+    other. Made by ``Runtime.subscribe``, which closes it.
     """
 
     def __init__(
@@ -164,20 +326,45 @@ class EventStream:
         self._capacity = capacity
         self._resume_on_lag = resume_on_lag
         self._watch: Watch | None = None
-        self._backlog: collections.deque[TaskEvent] = collections.deque()
+        #: Seq of the last event taken out of the backlog.
+        self._cursor = after
+        self._backlog: collections.deque[EventBatch] = collections.deque()
+        #: Events of a batch not yielded yet (one-at-a-time iteration).
+        self._events: collections.deque[TaskEvent] = collections.deque()
+        self._history_done = False
         self._ended = False
         self._closed = False
 
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
-        history = await self._store.read_events(self.task_id, self.last_seq)
-        self._backlog.extend(TaskEvent.from_stored(stored) for stored in history)
+        await self._read_history()
         if not self._backlog:
             # Subscribed at or past the end of a finished task: nothing will come.
             record = await self._store.get_task(self.task_id)
-            if record is not None and record.state.terminal and record.last_seq <= self.last_seq:
+            if record is not None and record.state.terminal and record.last_seq <= self._cursor:
                 self._ended = True
                 self.close()
+
+    async def _read_history(self) -> None:
+        """Queue the next events: all of them from the hub's window, or a page from the store.
+
+        The watch is registered before, so what comes after is in the watch.
+        """
+        retained = self._hub.retained(self.task_id, self._cursor)
+        if retained is not None:
+            self._backlog.extend(retained)
+            self._history_done = True
+            return
+        page = await self._store.read_events(self.task_id, self._cursor, HISTORY_PAGE)
+        if page:
+            self._backlog.extend(_runs(self.task_id, page))
+        self._history_done = len(page) < HISTORY_PAGE
+
+    def _rewatch(self) -> None:
+        """Replace a lagged watch (the new one first, so the task's window stays)."""
+        assert self._watch is not None
+        lagged, self._watch = self._watch, self._hub.watch(self.task_id, capacity=self._capacity)
+        self._hub.unwatch(lagged)
 
     def close(self) -> None:
         self._closed = True
@@ -185,44 +372,73 @@ class EventStream:
             self._hub.unwatch(self._watch)
             self._watch = None
 
-    def __aiter__(self) -> EventStream:
-        return self
+    async def next_batch(self) -> EventBatch | None:
+        """The next events, seq ``last_seq + 1`` on, as one batch; None once ended.
 
-    async def __anext__(self) -> TaskEvent:
+        Returns at once with what is ready, else waits for the next commit.
+
+        Raises:
+            SubscriptionLagged: the stream fell ``capacity`` events behind
+                (without ``resume_on_lag``); subscribe again after ``resume_after``.
+            RuntimeClosedError: the runtime closed while the stream waited.
+
+        Cancellation: safe; nothing is lost.
+        """
         while True:
             if self._ended or self._closed:
-                raise StopAsyncIteration
+                return None
             while self._backlog:
-                event = self._backlog.popleft()
-                if event.seq <= self.last_seq:
-                    continue
-                if event.seq != self.last_seq + 1:
+                batch = self._backlog.popleft()
+                if batch.first > self._cursor + 1:
                     # Only possible if events were lost upstream: refuse to paper over it.
                     raise RuntimeError(
-                        f"gap in task {self.task_id} events: {self.last_seq} then {event.seq}"
+                        f"gap in task {self.task_id} events: {self._cursor} then {batch.first}"
                     )
-                self.last_seq = event.seq
-                if event.terminal:
+                tail = batch.after(self._cursor)
+                if tail is None:
+                    continue  # seen already (history and live overlap)
+                tail, terminal = tail.through_terminal()
+                self._cursor = self.last_seq = tail.last
+                if terminal:
                     self._ended = True
                     self.close()
-                return event
+                return tail
             watch = self._watch
             assert watch is not None
+            if not self._history_done:
+                if watch.lagged:
+                    self._rewatch()  # what it dropped, the store has
+                await self._read_history()
+                continue
             if watch.lagged:
                 if not self._resume_on_lag:
                     self.close()
-                    raise SubscriptionLagged(self.task_id, self.last_seq)
-                self._hub.unwatch(watch)
-                await self._open()
+                    raise SubscriptionLagged(self.task_id, self._cursor)
+                self._rewatch()
+                self._history_done = False
                 continue
             if watch.buffer:
-                self._backlog.extend(watch.buffer)
-                watch.buffer.clear()
+                self._backlog.extend(watch.take())
                 continue
             if watch.closed:
                 self.close()
                 raise RuntimeClosedError("the runtime closed while this stream waited")
             await watch.wait()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        if not self._events:
+            last_seq = self.last_seq
+            batch = await self.next_batch()
+            if batch is None:
+                raise StopAsyncIteration
+            self.last_seq = last_seq
+            self._events.extend(batch.events)
+        event = self._events.popleft()
+        self.last_seq = event.seq
+        return event
 
 
 class AllEventsStream:
@@ -230,6 +446,8 @@ class AllEventsStream:
 
     Never ends by itself. A stream that falls behind its buffer raises
     ``SubscriptionLagged(None, 0)``: read each task's history to catch up.
+    Iterate with ``async for`` (one event at a time), or call
+    ``next_batch``; use one or the other.
     """
 
     def __init__(
@@ -239,37 +457,50 @@ class AllEventsStream:
         self._store = store
         self._user_id = user_id
         self._watch = hub.watch(None, capacity=capacity)
-        self._backlog: collections.deque[TaskEvent] = collections.deque()
+        self._backlog: collections.deque[EventBatch] = collections.deque()
+        self._events: collections.deque[TaskEvent] = collections.deque()
         #: task id -> user id, for the tasks seen so far.
         self._owners: dict[str, str | None] = {}
 
     def close(self) -> None:
         self._hub.unwatch(self._watch)
 
-    def __aiter__(self) -> AllEventsStream:
-        return self
-
-    async def _visible(self, event: TaskEvent) -> bool:
+    async def _visible(self, task_id: str) -> bool:
         if self._user_id is None:
             return True
-        if event.task_id not in self._owners:
-            record = await self._store.get_task(event.task_id)
-            self._owners[event.task_id] = record.user_id if record is not None else None
-        return self._owners[event.task_id] == self._user_id
+        if task_id not in self._owners:
+            record = await self._store.get_task(task_id)
+            self._owners[task_id] = record.user_id if record is not None else None
+        return self._owners[task_id] == self._user_id
 
-    async def __anext__(self) -> TaskEvent:
+    async def next_batch(self) -> EventBatch:
+        """The next live events of one visible task, as one batch.
+
+        Raises:
+            SubscriptionLagged: the stream fell behind its buffer.
+            RuntimeClosedError: the runtime closed while the stream waited.
+
+        Cancellation: safe.
+        """
         while True:
             while self._backlog:
-                event = self._backlog.popleft()
-                if await self._visible(event):
-                    return event
+                batch = self._backlog.popleft()
+                if await self._visible(batch.task_id):
+                    return batch
             watch = self._watch
             if watch.lagged:
                 raise SubscriptionLagged(None, 0)
             if watch.buffer:
-                self._backlog.extend(watch.buffer)
-                watch.buffer.clear()
+                self._backlog.extend(watch.take())
                 continue
             if watch.closed:
                 raise RuntimeClosedError("the runtime closed while this stream waited")
             await watch.wait()
+
+    def __aiter__(self) -> AllEventsStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        if not self._events:
+            self._events.extend((await self.next_batch()).events)
+        return self._events.popleft()
