@@ -40,13 +40,14 @@ reads the missing events back and goes on: either way nothing is lost.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
-from storage import StoredEvent
+from storage import StoredEvent, decode
 
 from ._errors import RuntimeClosedError, SubscriptionLagged
 from ._info import TaskEvent
@@ -67,74 +68,173 @@ class EventBatch:
     Made by the hub (one per task and committed batch) and by streams
     reading history. Never changes; what is derived from it (the decoded
     events, the first terminal event) is computed once, on first use.
+
+    The events are kept as columns of plain values (tuples of strings and
+    floats), which the garbage collector stops tracking: a window of
+    thousands of recent events costs it one object per batch, not one per
+    event (see ``Wakeup`` for why that matters).
     """
 
     task_id: str
-    #: The events as stored, seq ``first`` to ``last`` without gaps (never empty).
-    stored: Sequence[StoredEvent]
+    #: Seq of the first event; the others follow without gaps.
+    first: int
+    kinds: tuple[str, ...]
+    ats: tuple[float, ...]
+    #: Each event's data as stored: JSON text.
+    datas: tuple[str, ...]
     _events: tuple[TaskEvent, ...] | None = attrs.field(default=None, init=False)
     _terminal: int | None = attrs.field(default=None, init=False)
 
-    @property
-    def first(self) -> int:
-        """Seq of the first event."""
-        return self.stored[0].seq
+    @classmethod
+    def from_stored(cls, task_id: str, stored: Sequence[StoredEvent]) -> EventBatch:
+        """A batch of stored events of ``task_id`` (consecutive seqs, at least one)."""
+        return cls(
+            task_id,
+            stored[0].seq,
+            tuple(map(_KIND, stored)),
+            tuple(map(_AT, stored)),
+            tuple(map(_DATA, stored)),
+        )
 
     @property
     def last(self) -> int:
         """Seq of the last event."""
-        return self.stored[-1].seq
+        return self.first + len(self.kinds) - 1
+
+    @property
+    def seqs(self) -> range:
+        """The events' seqs."""
+        return range(self.first, self.first + len(self.kinds))
 
     def __len__(self) -> int:
-        return len(self.stored)
+        return len(self.kinds)
 
     @property
     def events(self) -> tuple[TaskEvent, ...]:
         """The events, decoded (once for every holder of the batch)."""
         if self._events is None:
-            self._events = tuple(TaskEvent.from_stored(stored) for stored in self.stored)
+            task_id = self.task_id
+            self._events = tuple(
+                TaskEvent(task_id, seq, kind, at, decode(data))
+                for seq, kind, at, data in zip(
+                    self.seqs, self.kinds, self.ats, self.datas, strict=True
+                )
+            )
         return self._events
+
+    def _slice(self, start: int, stop: int) -> EventBatch:
+        return EventBatch(
+            self.task_id,
+            self.first + start,
+            self.kinds[start:stop],
+            self.ats[start:stop],
+            self.datas[start:stop],
+        )
 
     def after(self, seq: int) -> EventBatch | None:
         """The events with seq > ``seq`` (this batch if all are), or None if none is."""
-        first = self.stored[0].seq
-        if seq < first:
+        if seq < self.first:
             return self
-        if seq >= self.stored[-1].seq:
+        if seq >= self.last:
             return None
-        return EventBatch(self.task_id, self.stored[seq - first + 1 :])
+        return self._slice(seq - self.first + 1, len(self.kinds))
 
     def through_terminal(self) -> tuple[EventBatch, bool]:
         """The events up to the first terminal one, and whether there is one."""
+        count = len(self.kinds)
         if self._terminal is None:
-            self._terminal = len(self.stored)
-            for index, stored in enumerate(self.stored):
+            self._terminal = count
+            for index, kind in enumerate(self.kinds):
                 # Only a "state" event can be terminal: decode just those.
-                if stored.kind == "state" and TaskEvent.from_stored(stored).terminal:
+                if kind == "state" and _is_terminal(decode(self.datas[index])):
                     self._terminal = index
                     break
-        if self._terminal == len(self.stored):
+        if self._terminal == count:
             return self, False
-        if self._terminal == len(self.stored) - 1:
+        if self._terminal == count - 1:
             return self, True
-        return EventBatch(self.task_id, self.stored[: self._terminal + 1]), True
+        return self._slice(0, self._terminal + 1), True
+
+
+_KIND = operator.attrgetter("kind")
+_AT = operator.attrgetter("at")
+_DATA = operator.attrgetter("data")
+
+
+def _is_terminal(data: object) -> bool:
+    """Whether a "state" event's data moves its task into a terminal state."""
+    return TaskEvent("", 0, "state", 0.0, data).terminal
 
 
 def _runs(task_id: str, stored: Sequence[StoredEvent]) -> Iterator[EventBatch]:
     """``stored`` (one task's events, in seq order) as batches of consecutive seqs."""
     if stored[-1].seq - stored[0].seq == len(stored) - 1:
-        yield EventBatch(task_id, stored)  # the usual case: one run
+        yield EventBatch.from_stored(task_id, stored)  # the usual case: one run
         return
     start = 0
     for index in range(1, len(stored)):
         if stored[index].seq != stored[index - 1].seq + 1:
-            yield EventBatch(task_id, stored[start:index])
+            yield EventBatch.from_stored(task_id, stored[start:index])
             start = index
-    yield EventBatch(task_id, stored[start:])
+    yield EventBatch.from_stored(task_id, stored[start:])
+
+
+class Wakeup:
+    """A wake-up call for one waiting task, reused from wait to wait.
+
+    ``set`` wakes the task waiting in ``wait``, or makes the next ``wait``
+    return at once. It does what a fresh ``trio.Event`` per wait does, with
+    no objects made per wait: waits that last a few milliseconds (a watch
+    between commits, a writer between frames) would otherwise outlive young
+    garbage collections, and the full collections they bring on stall every
+    connection (issue #5: they set the fan-out latency's p99).
+    """
+
+    __slots__ = ("_abort_fn", "_set", "_task")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._set = False
+        self._abort_fn = self._abort
+
+    def set(self) -> None:
+        """Wake the waiting task, or the next one to wait (never blocks)."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+        else:
+            self._set = True
+
+    async def wait(self) -> None:
+        """Wait until ``set`` (at once if it was set since the last wait).
+
+        Cancellation: safe.
+
+        Raises:
+            trio.BusyResourceError: another task waits already.
+        """
+        if self._set:
+            self._set = False
+            await trio.lowlevel.checkpoint()
+            return
+        if self._task is not None:
+            raise trio.BusyResourceError("another task waits on this wake-up")
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_fn)
+
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Watch:
-    """One subscriber's bounded buffer of live event batches."""
+    """One subscriber's bounded buffer of live event batches.
+
+    While its ``sink`` is set (by a consumer that waits with nothing in
+    hand), a batch is first offered to the sink, synchronously: one it
+    takes is not buffered and wakes nobody.
+    """
 
     def __init__(self, task_id: str | None, capacity: int) -> None:
         self.task_id = task_id
@@ -145,12 +245,16 @@ class Watch:
         self.lagged = False
         #: Set when the hub closes (the runtime is closing).
         self.closed = False
-        self._wakeup = trio.Event()
+        #: Takes a batch (True) or leaves it to the buffer (False); must not raise.
+        self.sink: Callable[[EventBatch], bool] | None = None
+        self._wakeup = Wakeup()
 
     def offer(self, batch: EventBatch) -> None:
         if self.lagged:
             return
-        size = len(batch.stored)
+        if self.sink is not None and not self.buffer and self.sink(batch):
+            return
+        size = len(batch.kinds)
         if self.pending and self.pending + size > self.capacity:
             self.lagged = True
             self.buffer.clear()
@@ -171,11 +275,15 @@ class Watch:
         self.closed = True
         self._wakeup.set()
 
+    def wake(self) -> None:
+        """End the current (or next) ``wait`` with nothing buffered."""
+        self._wakeup.set()
+
     async def wait(self) -> None:
-        """Wait until something was offered since the last wait (or the hub closed)."""
+        """Wait until something is offered, the hub closes or ``wake``; at once if
+        something was buffered. It may also return early: check again."""
         if not self.buffer and not self.lagged and not self.closed:
             await self._wakeup.wait()
-        self._wakeup = trio.Event()
 
 
 class EventHub:
@@ -232,10 +340,10 @@ class EventHub:
         window.append(batch)
         recent = self._recent
         recent.append(batch)
-        self._recent_events += len(batch.stored)
+        self._recent_events += len(batch.kinds)
         while self._recent_events > self.retain and len(recent) > 1:
             old = recent.popleft()
-            self._recent_events -= len(old.stored)
+            self._recent_events -= len(old.kinds)
             owner = self._windows.get(old.task_id)
             if owner and owner[0] is old:
                 owner.popleft()
@@ -334,6 +442,9 @@ class EventStream:
         self._history_done = False
         self._ended = False
         self._closed = False
+        #: The consumer's sink while it waits in ``next_batch`` (see there).
+        self._sink: Callable[[EventBatch], bool] | None = None
+        self._push_fn = self._push
 
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
@@ -372,10 +483,23 @@ class EventStream:
             self._hub.unwatch(self._watch)
             self._watch = None
 
-    async def next_batch(self) -> EventBatch | None:
+    async def next_batch(
+        self, *, sink: Callable[[EventBatch], bool] | None = None
+    ) -> EventBatch | None:
         """The next events, seq ``last_seq + 1`` on, as one batch; None once ended.
 
         Returns at once with what is ready, else waits for the next commit.
+
+        Args:
+            sink: while this waits with nothing ready, each live batch that
+                comes is first offered to ``sink(batch)``, synchronously, at
+                commit time: if it returns True the batch is the sink's (as
+                if returned, without waking the caller), else it is returned
+                as usual. It is called with nothing else in hand, so batches
+                reach the caller and the sink in order; it must not block. A
+                sink that raises is taken as refusing: the caller then gets
+                the batch and meets the error itself. After the sink took
+                the terminal event, this returns None.
 
         Raises:
             SubscriptionLagged: the stream fell ``capacity`` events behind
@@ -423,7 +547,36 @@ class EventStream:
             if watch.closed:
                 self.close()
                 raise RuntimeClosedError("the runtime closed while this stream waited")
-            await watch.wait()
+            if sink is None:
+                await watch.wait()
+                continue
+            self._sink, watch.sink = sink, self._push_fn
+            try:
+                await watch.wait()
+            finally:
+                self._sink = watch.sink = None
+
+    def _push(self, batch: EventBatch) -> bool:
+        """The watch's sink while the consumer waits: see ``next_batch``."""
+        assert self._sink is not None and not self._backlog
+        tail = batch.after(self._cursor)
+        if tail is None:
+            return True  # seen already (history and live overlap)
+        if tail.first > self._cursor + 1:
+            return False  # a gap: next_batch raises it
+        tail, terminal = tail.through_terminal()
+        try:
+            taken = self._sink(tail)
+        except Exception:  # the caller gets the batch from next_batch and meets it there
+            return False
+        if not taken:
+            return False
+        self._cursor = self.last_seq = tail.last
+        if terminal:
+            self._ended = True
+            assert self._watch is not None
+            self._watch.wake()
+        return True
 
     def __aiter__(self) -> EventStream:
         return self

@@ -38,6 +38,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ._events import Wakeup
+
 
 @attrs.define(eq=False)
 class _Batch:
@@ -97,8 +99,11 @@ class Outbox:
         self._open: dict[str, _Batch] = {}
         self._pending_events = 0
         self._pending_control = 0
-        self._filled = trio.Event()
+        #: The writer's (it alone waits for frames).
+        self._filled = Wakeup()
         self._drained = trio.Event()
+        #: Tasks waiting on ``_drained``.
+        self._drain_waiters = 0
         self._closed = False
 
     # -- producers ---------------------------------------------------------------
@@ -170,7 +175,7 @@ class Outbox:
             and self._pending_events + count > self.max_pending
             and not self._closed
         ):
-            await self._drained.wait()
+            await self._wait_drained()
         await trio.lowlevel.checkpoint()
 
     async def wait_control_room(self) -> None:
@@ -181,7 +186,7 @@ class Outbox:
         own socket. Cancellation: safe.
         """
         while self._pending_control >= self.max_control and not self._closed:
-            await self._drained.wait()
+            await self._wait_drained()
         await trio.lowlevel.checkpoint()
 
     # -- the writer ----------------------------------------------------------------
@@ -196,7 +201,6 @@ class Outbox:
         while not self._queue:
             if self._closed:
                 raise trio.ClosedResourceError("the outbox is closed")
-            self._filled = trio.Event()
             await self._filled.wait()
         entry = self._queue.popleft()
         if isinstance(entry, str):
@@ -221,8 +225,17 @@ class Outbox:
         self._wake_drained()
 
     def _wake_drained(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
+        # A fresh event only when someone waits: the writer calls this per frame.
+        if self._drain_waiters:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def _wait_drained(self) -> None:
+        self._drain_waiters += 1
+        try:
+            await self._drained.wait()
+        finally:
+            self._drain_waiters -= 1
 
     def statistics(self) -> OutboxStatistics:
         """How many events and control frames wait."""

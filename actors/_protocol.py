@@ -32,7 +32,7 @@ import json
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import attrs
 import cattrs
@@ -512,26 +512,26 @@ def encode_stored(stored: StoredEvent) -> str:
     The stored ``data`` is already the compact JSON text of the value
     (``storage.encode``), so it is spliced in as it is: no decoding.
     """
-    return _encode_stored(stored, _dumps(stored.task_id), _dumps(stored.kind))
+    return _encode(_dumps(stored.task_id), stored.seq, _dumps(stored.kind), stored.at, stored.data)
 
 
-def _encode_stored(stored: StoredEvent, task_id: str, kind: str) -> str:
-    at = stored.at
+def _encode(task_id: str, seq: int, kind: str, at: float, data: str) -> str:
+    """One event's JSON text from its parts (task id and kind already JSON text)."""
     if not math.isfinite(at):
-        raise ValueError(f"event {stored.seq} of task {stored.task_id}: no JSON form for at={at}")
-    return (
-        f'{{"task_id":{task_id},"seq":{stored.seq:d},"kind":{kind},'
-        f'"at":{at!r},"data":{stored.data}}}'
-    )
+        raise ValueError(f"event {seq} of task {task_id}: no JSON form for at={at}")
+    return f'{{"task_id":{task_id},"seq":{seq:d},"kind":{kind},"at":{at!r},"data":{data}}}'
 
 
-@attrs.frozen
-class EncodedEvents:
-    """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame."""
+class EncodedEvents(NamedTuple):
+    """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame.
+
+    A named tuple rather than an attrs class: of strings and ints only, the
+    garbage collector stops tracking it (see ``_events.Wakeup``).
+    """
 
     text: str
     #: Number of events in ``text``.
-    count: int
+    event_count: int
     #: Seq of the last one.
     last_seq: int
 
@@ -572,15 +572,17 @@ class EventEncoder:
         parts: list[EncodedEvents] = []
         texts: list[str] = []
         size = 0
-        for stored in batch.stored:
-            kind = kinds.get(stored.kind)
-            if kind is None:
-                kind = _dumps(stored.kind)
+        for seq, kind, at, data in zip(
+            batch.seqs, batch.kinds, batch.ats, batch.datas, strict=True
+        ):
+            kind_text = kinds.get(kind)
+            if kind_text is None:
+                kind_text = _dumps(kind)
                 if len(kinds) < 256:
-                    kinds[stored.kind] = kind
-            text = _encode_stored(stored, task_id, kind)
+                    kinds[kind] = kind_text
+            text = _encode(task_id, seq, kind_text, at, data)
             if texts and size + 1 + len(text) > self.max_size:
-                parts.append(EncodedEvents(",".join(texts), len(texts), stored.seq - 1))
+                parts.append(EncodedEvents(",".join(texts), len(texts), seq - 1))
                 texts = []
             size = size + 1 + len(text) if texts else len(text)  # len(",".join(texts))
             texts.append(text)

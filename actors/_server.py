@@ -538,7 +538,8 @@ class _Connection:
         ) as events:
             started()
             try:
-                while (batch := await events.next_batch()) is not None:
+                push = partial(self._push, sub)
+                while (batch := await events.next_batch(sink=push)) is not None:
                     await self._deliver(sub, batch)
             except SubscriptionLagged as lag:
                 self._finish(sub, lagged_frame(sub.id, lag.resume_after))
@@ -562,7 +563,7 @@ class _Connection:
                         task_id, sub.last[task_id], _HISTORY_PAGE
                     )
                     if page:
-                        await self._deliver(sub, EventBatch(task_id, page))
+                        await self._deliver(sub, EventBatch.from_stored(task_id, page))
                     if len(page) < _HISTORY_PAGE:
                         break
             try:
@@ -577,12 +578,32 @@ class _Connection:
     async def _deliver(self, sub: _Subscription, batch: EventBatch) -> None:
         """Queue a batch of events for the client, waiting while the outbox is full."""
         for part in self._encoder.encode(batch):
-            while not sub.closed and not self.outbox.offer_event(sub.id, part.text, part.count):
-                await self.outbox.wait_room(part.count)
+            while not sub.closed and not self.outbox.offer_event(
+                sub.id, part.text, part.event_count
+            ):
+                await self.outbox.wait_room(part.event_count)
             if sub.closed:
                 await trio.lowlevel.checkpoint()  # unsubscribed: its scope is cancelled
                 return
             sub.last[batch.task_id] = part.last_seq
+
+    def _push(self, sub: _Subscription, batch: EventBatch) -> bool:
+        """Queue a batch at commit time, if it fits now (the sink of ``next_batch``).
+
+        The subscription's task stays asleep: live events of a subscriber
+        that keeps up cost no task switch but the writer's. A batch that
+        does not fit (or needs several frames) is left to the task.
+        """
+        if sub.closed:
+            return True  # unsubscribed: dropped
+        parts = self._encoder.encode(batch)
+        if len(parts) != 1:
+            return False
+        part = parts[0]
+        if not self.outbox.offer_event(sub.id, part.text, part.event_count):
+            return False
+        sub.last[batch.task_id] = part.last_seq
+        return True
 
     def _finish(self, sub: _Subscription, frame: str) -> None:
         """Send a subscription's last frame (``end`` or ``lagged``) and forget it."""

@@ -83,7 +83,7 @@ async def drain(stream: EventStream) -> list[int]:
             batch = await stream.next_batch()
             if batch is None:
                 return seqs
-            seqs.extend(event.seq for event in batch.stored)
+            seqs.extend(batch.seqs)
             continue
         return seqs
 
@@ -102,7 +102,7 @@ def test_one_batch_object_reaches_every_watch_of_its_task() -> None:
     (batch,) = first.take()
     assert second.take() == [batch] and [b.task_id for b in everyone.buffer] == ["t1", "t2"]
     assert everyone.buffer[0] is batch
-    assert (batch.first, batch.last, len(batch)) == (1, 2, 2)
+    assert (batch.first, batch.last, len(batch), batch.datas) == (1, 2, 2, ("1", "2"))
     assert [b.first for b in other.take()] == [1]
 
 
@@ -130,7 +130,7 @@ def test_the_window_keeps_the_latest_contiguous_events_of_watched_tasks_only() -
         store.commit("t", 10)
     ready = hub.retained("t", 24)
     assert ready is not None  # the last two batches (21..40) fit in 25 events
-    assert [e.seq for b in ready for e in b.stored] == list(range(25, 41))
+    assert [seq for b in ready for seq in b.seqs] == list(range(25, 41))
     assert hub.retained("t", 15) is None  # 11..20 were forgotten: read the store
     assert hub.retained("t", 40) is None  # nothing after 40
     assert hub.statistics()["retained_events"] == 20
@@ -148,14 +148,14 @@ def test_a_hole_in_a_tasks_events_empties_its_window() -> None:
 
 def test_a_batch_cuts_at_a_seq_and_after_its_terminal_event() -> None:
     events = [StoredEvent("t", seq, "tick", 1.0, "0") for seq in (3, 4, 5)]
-    batch = EventBatch("t", events)
+    batch = EventBatch.from_stored("t", events)
     assert batch.after(2) is batch and batch.after(5) is None
     tail = batch.after(3)
     assert tail is not None and (tail.first, tail.last) == (4, 5)
     assert batch.through_terminal() == (batch, False)
     done = StoredEvent("t", 6, "state", 1.0, '{"to":"completed"}')
     late = StoredEvent("t", 7, "usage", 1.0, "{}")
-    cut, terminal = EventBatch("t", [*events, done, late]).through_terminal()
+    cut, terminal = EventBatch.from_stored("t", [*events, done, late]).through_terminal()
     assert terminal and cut.last == 6
     assert [event.seq for event in cut.events] == [3, 4, 5, 6]
 
@@ -267,3 +267,43 @@ async def test_an_all_events_stream_sees_every_tasks_batches_in_commit_order() -
 async def _take(stream: AllEventsStream, count: int) -> Any:
     for _ in range(count):
         yield await stream.__anext__()
+
+
+async def test_a_sink_takes_live_batches_at_commit_time_in_order_with_the_rest() -> None:
+    hub = EventHub(capacity=100)
+    store = FakeStore(hub)
+    stream = open_stream(store, "t")
+    await stream._open()
+    taken: list[list[int]] = []
+    accept = True
+
+    def sink(batch: EventBatch) -> bool:
+        if batch.first == 9:
+            raise RuntimeError("a bug in the sink")
+        if accept:
+            taken.append(list(batch.seqs))
+        return accept
+
+    returned: list[list[int]] = []
+
+    async def consume() -> None:
+        while (batch := await stream.next_batch(sink=sink)) is not None:
+            returned.append(list(batch.seqs))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        store.commit("t", 3)  # taken by the sink, in the commit's call
+        assert taken == [[1, 2, 3]] and returned == []
+        accept = False
+        store.commit("t", 2)  # refused: the consumer gets it
+        store.commit("t", 1)  # queued behind it (the sink is not asked)
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == [[4, 5], [6]]
+        accept = True
+        store.commit("t", 2)
+        store.commit("t", 1)  # raises in the sink: the consumer gets it
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == [[4, 5], [6], [9]] and taken[-1] == [7, 8]
+        store.finish("t")  # the terminal event, taken by the sink: the stream ends
+    assert taken[-1] == [10] and stream.last_seq == 10

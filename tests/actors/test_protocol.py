@@ -238,15 +238,15 @@ def test_the_encoder_encodes_a_batch_once_in_parts_within_its_size() -> None:
     events = [storage.StoredEvent("t", seq, "tick", 1.0, '"' + "x" * 40 + '"') for seq in (1, 2, 3)]
     one = len(encode_stored(events[0]))
     encoder = EventEncoder(max_size=2 * one + 1)
-    batch = EventBatch("t", events)
+    batch = EventBatch.from_stored("t", events)
     parts = encoder.encode(batch)
     assert encoder.encode(batch) is parts  # shared by every subscriber of the batch
-    assert [(part.count, part.last_seq) for part in parts] == [(2, 2), (1, 3)]
+    assert [(part.event_count, part.last_seq) for part in parts] == [(2, 2), (1, 3)]
     assert all(len(part.text) <= encoder.max_size for part in parts)
     frame = json.loads(events_frame("s", [part.text for part in parts], 3))
     assert [event["seq"] for event in frame["events"]] == [1, 2, 3]
     tiny = EventEncoder(max_size=1).encode(batch)  # an event too big goes alone
-    assert [part.count for part in tiny] == [1, 1, 1]
+    assert [part.event_count for part in tiny] == [1, 1, 1]
 
 
 # -- the outbox ---------------------------------------------------------------------------
