@@ -22,6 +22,9 @@ Then the latency at the target's load rather than at saturation: 100
 subscribers, the producer held to 1,000 events/s (100,000 deliveries/s).
 Baseline: a plain trio-websocket server sending small JSON messages, one
 frame each, to S clients of the same client process, in the same run.
+Each figure also gives ``committed_per_s`` (the producer's own rate: no
+subscriber can get more) and ``client_cpu_s`` (the client process's CPU
+time while it read: close to ``window_s``, the client was the limit).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class _Shared:
     def __init__(self) -> None:
         self.go = trio.Event()
+        #: time.time() when the producer went.
+        self.went = 0.0
 
 
 shared: _Shared | None = None
@@ -62,6 +67,7 @@ shared: _Shared | None = None
 async def _wait_for_go() -> None:
     assert shared is not None
     await shared.go.wait()
+    shared.went = time.time()
 
 
 async def _nothing() -> None:
@@ -168,9 +174,15 @@ async def _ours(subscribers: int, events: int, path: str, rate: float = 0) -> di
     ]
     result["stamp_latency_p50"] = result["latency_p50"]
     result["stamp_latency_p99"] = result["latency_p99"]
+    latencies.sort()
     result["latency_p50"] = percentile(latencies, 50) if latencies else None
     result["latency_p99"] = percentile(latencies, 99) if latencies else None
     result["latency_samples"] = len(latencies)
+    # What the producer committed per second: fan-out cannot deliver more per subscriber.
+    last_commit = max((committed[seq] for seq in ticks), default=0.0)
+    result["committed_per_s"] = (
+        len(ticks) / (last_commit - shared.went) if last_commit > shared.went > 0 else None
+    )
     return result
 
 
@@ -229,6 +241,9 @@ def run(b: Bench) -> None:
             "lagged": ours["lagged"],
             "gaps": ours["gaps"],
             "commits": ours["batches"],
+            "committed_per_s": ours["committed_per_s"],
+            "client_cpu_s": ours["client_cpu_s"],
+            "window_s": ours["window_s"],
         }
         b.emit(
             "e",
@@ -289,5 +304,6 @@ def _at_load(b: Bench) -> None:
             frames=ours["frames"],
             lagged=ours["lagged"],
             gaps=ours["gaps"],
+            client_cpu_s=ours["client_cpu_s"],
             samples=ours["latency_samples"],
         )
