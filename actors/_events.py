@@ -28,9 +28,11 @@ price of a few references.
 ``EventStream`` joins history and live events without a gap: it registers
 its watch first, then takes the events after ``after`` from the window or,
 when they are older, from the store (a page at a time, so a long history
-never sits in memory whole), then drains the watch, skipping what it
-already yielded (an event committed between the two steps shows up in both;
-it is yielded once, by seq). While it still reads history, a lagged watch is
+never sits in memory whole; the hub keeps the last full pages, so streams
+that replay the same history read each page once), then drains the watch,
+skipping what it already yielded (an event committed between the two steps
+shows up in both; it is yielded once, by seq). While it still reads history,
+a lagged watch is
 simply registered again before the next read: what the watch dropped, the
 store has. A stream that lags once live either raises
 ``SubscriptionLagged(resume_after=last seq)`` or, with ``resume_on_lag``,
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
 HISTORY_PAGE: Final = 1000
 #: Least number of events the hub's window keeps (see ``EventHub``).
 MIN_RETAIN: Final = 16_384
+#: Full history pages the hub keeps for streams that replay the same history.
+CACHED_PAGES: Final = 16
 
 
 @attrs.define(eq=False)
@@ -164,6 +168,11 @@ _DATA = operator.attrgetter("data")
 def _is_terminal(data: object) -> bool:
     """Whether a "state" event's data moves its task into a terminal state."""
     return TaskEvent("", 0, "state", 0.0, data).terminal
+
+
+def _after(batches: Sequence[EventBatch], seq: int) -> list[EventBatch]:
+    """The events of ``batches`` with seq > ``seq``."""
+    return [tail for batch in batches if (tail := batch.after(seq)) is not None]
 
 
 def _runs(task_id: str, stored: Sequence[StoredEvent]) -> Iterator[EventBatch]:
@@ -305,6 +314,11 @@ class EventHub:
         #: Every retained batch, oldest first (some may have left their window already).
         self._recent: collections.deque[EventBatch] = collections.deque()
         self._recent_events = 0
+        #: (task id, page number) -> a full page of history, or the event set
+        #: when a stream reading it is done; least recently used first.
+        self._pages: collections.OrderedDict[
+            tuple[str, int], tuple[EventBatch, ...] | trio.Event
+        ] = collections.OrderedDict()
         self._closed = False
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
@@ -366,6 +380,46 @@ class EventHub:
             ready.append(tail)
         ready.reverse()
         return ready
+
+    async def history(
+        self, store: Store, task_id: str, after: int
+    ) -> tuple[list[EventBatch], bool]:
+        """A task's stored events after ``after``, to the end of their page.
+
+        History is read in pages of ``HISTORY_PAGE`` seqs (1-1000, 1001-2000,
+        ...), and the hub keeps the last ``CACHED_PAGES`` full ones: streams
+        that replay the same history (subscribers that lagged together) read
+        each page from the store once, and share its batches and their text.
+
+        Returns:
+            The batches, and whether the page was full (more may follow).
+
+        Cancellation: safe; a page being read for others is read again by them.
+        """
+        number = after // HISTORY_PAGE
+        key = (task_id, number)
+        while isinstance(entry := self._pages.get(key), trio.Event):
+            await entry.wait()  # another stream reads it
+        if entry is None:
+            loading = self._pages[key] = trio.Event()
+            try:
+                stored = await store.read_events(task_id, number * HISTORY_PAGE, HISTORY_PAGE)
+            finally:
+                del self._pages[key]
+                loading.set()
+            entry = tuple(_runs(task_id, stored)) if stored else ()
+            if len(stored) < HISTORY_PAGE:
+                # The end of the history so far: it grows, so it is not kept.
+                return _after(entry, after), False
+            self._pages[key] = entry
+            while len(self._pages) > CACHED_PAGES:
+                oldest = next(iter(self._pages))
+                if isinstance(self._pages[oldest], trio.Event):
+                    break  # being read: the cache is over its size until then
+                del self._pages[oldest]
+        else:
+            self._pages.move_to_end(key)
+        return _after(entry, after), True
 
     def close(self) -> None:
         """Wake every watch with "closed"; new watches start closed."""
@@ -457,7 +511,7 @@ class EventStream:
                 self.close()
 
     async def _read_history(self) -> None:
-        """Queue the next events: all of them from the hub's window, or a page from the store.
+        """Queue the next events: all of them from the hub's window, or a page of history.
 
         The watch is registered before, so what comes after is in the watch.
         """
@@ -466,10 +520,9 @@ class EventStream:
             self._backlog.extend(retained)
             self._history_done = True
             return
-        page = await self._store.read_events(self.task_id, self._cursor, HISTORY_PAGE)
-        if page:
-            self._backlog.extend(_runs(self.task_id, page))
-        self._history_done = len(page) < HISTORY_PAGE
+        page, full = await self._hub.history(self._store, self.task_id, self._cursor)
+        self._backlog.extend(page)
+        self._history_done = not full
 
     def _rewatch(self) -> None:
         """Replace a lagged watch (the new one first, so the task's window stays)."""

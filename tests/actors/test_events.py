@@ -307,3 +307,30 @@ async def test_a_sink_takes_live_batches_at_commit_time_in_order_with_the_rest()
         assert returned == [[4, 5], [6], [9]] and taken[-1] == [7, 8]
         store.finish("t")  # the terminal event, taken by the sink: the stream ends
     assert taken[-1] == [10] and stream.last_seq == 10
+
+
+async def test_streams_replaying_the_same_history_read_each_page_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = EventHub(capacity=10, retain=10)
+    store = FakeStore(hub)
+    for _ in range(25):
+        store.commit("t", 100)  # 2,500 events, only in the store
+    streams = [open_stream(store, "t", after=after) for after in (0, 7, 1500)]
+    seen: dict[int, list[int]] = {}
+
+    async def replay(stream: EventStream) -> None:
+        after = stream.last_seq
+        await stream._open()
+        seen[after] = await drain(stream)
+
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            nursery.start_soon(replay, stream)
+    assert seen == {
+        0: list(range(1, 2501)),
+        7: list(range(8, 2501)),
+        1500: list(range(1501, 2501)),
+    }
+    # Pages 1-1000 and 1001-2000 once each; the last one (not full) by each stream.
+    assert store.reads == 2 + 3
