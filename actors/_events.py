@@ -147,12 +147,13 @@ class EventBatch:
         """The events up to the first terminal one, and whether there is one."""
         count = len(self.kinds)
         if self._terminal is None:
-            self._terminal = count
+            terminal = count
             for index, kind in enumerate(self.kinds):
                 # Only a "state" event can be terminal: decode just those.
                 if kind == "state" and _is_terminal(decode(self.datas[index])):
-                    self._terminal = index
+                    terminal = index
                     break
+            self._terminal = terminal
         if self._terminal == count:
             return self, False
         if self._terminal == count - 1:
@@ -309,7 +310,8 @@ class EventHub:
         self.retain = retain if retain is not None else max(4 * capacity, MIN_RETAIN)
         self._by_task: dict[str, set[Watch]] = {}
         self._global: set[Watch] = set()
-        #: task id -> its latest batches, contiguous, for the watched tasks only.
+        #: task id -> its latest batches, contiguous, for watched tasks only
+        #: (from their first commit while watched).
         self._windows: dict[str, collections.deque[EventBatch]] = {}
         #: Every retained batch, oldest first (some may have left their window already).
         self._recent: collections.deque[EventBatch] = collections.deque()
@@ -339,11 +341,16 @@ class EventHub:
                 else:
                     run.append(stored)
         for task_id, run in runs.items():
+            watches = by_task.get(task_id, ())
             for batch in _runs(task_id, run):
-                window = self._windows.get(task_id)
-                if window is not None:
+                if watches:
+                    window = self._windows.get(task_id)
+                    if window is None:
+                        # Made at the task's first commit while watched: a
+                        # watched task that stays quiet costs no window.
+                        window = self._windows[task_id] = collections.deque()
                     self._retain(window, batch)
-                for watch in by_task.get(task_id, ()):
+                for watch in watches:
                     watch.offer(batch)
                 for watch in everyone:
                     watch.offer(batch)
@@ -439,7 +446,6 @@ class EventHub:
             self._global.add(watch)
         else:
             self._by_task.setdefault(task_id, set()).add(watch)
-            self._windows.setdefault(task_id, collections.deque())
         return watch
 
     def unwatch(self, watch: Watch) -> None:
@@ -617,12 +623,14 @@ class EventStream:
             return True  # seen already (history and live overlap)
         if tail.first > self._cursor + 1:
             return False  # a gap: next_batch raises it
-        tail, terminal = tail.through_terminal()
+        # Called by the hub at commit time: an error here must not keep the
+        # batch from the other subscribers. The caller gets the batch from
+        # next_batch instead, and meets the error there.
         try:
-            taken = self._sink(tail)
-        except Exception:  # the caller gets the batch from next_batch and meets it there
-            return False
-        if not taken:
+            tail, terminal = tail.through_terminal()
+            if not self._sink(tail):
+                return False
+        except Exception:
             return False
         self._cursor = self.last_seq = tail.last
         if terminal:

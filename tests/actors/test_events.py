@@ -334,3 +334,25 @@ async def test_streams_replaying_the_same_history_read_each_page_once(
     }
     # Pages 1-1000 and 1001-2000 once each; the last one (not full) by each stream.
     assert store.reads == 2 + 3
+
+
+async def test_an_event_that_fails_at_commit_time_fails_its_consumer_not_the_others() -> None:
+    hub = EventHub(capacity=100)
+    store = FakeStore(hub)
+    stream = open_stream(store, "t")
+    await stream._open()
+    other = hub.watch("t")
+    failure: list[BaseException] = []
+
+    async def consume() -> None:
+        try:
+            await stream.next_batch(sink=lambda batch: True)
+        except ValueError as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.publish([StoredEvent("t", 1, "state", 1.0, "{not json")])
+        assert other.pending == 1  # the other subscriber got it all the same
+    assert failure  # the consumer met the error itself
