@@ -4,29 +4,52 @@ Theory of operation
 -------------------
 The storage actor calls ``EventHub.publish`` with each batch's events right
 after the batch commits (and before any writer is answered), so the hub only
-ever sees committed events, in commit order. Each subscriber has a ``Watch``:
-a bounded buffer that ``publish`` fills without waiting. A watch whose
-buffer is full is marked *lagged* and stops buffering: the task and the other
-subscribers never wait for it.
+ever sees committed events, in commit order. It cuts them into
+``EventBatch``es, one per task: runs of one task's events with consecutive
+seqs. One batch object is shared by every subscriber of its task, so fan-out
+costs O(1) per subscriber and committed batch, whatever the batch's length:
+the events are decoded at most once (when a consumer first asks), and a
+consumer that needs another form of them (the websocket server's JSON text,
+see ``_protocol.EventEncoder``) makes it once for everyone.
+
+Each subscriber has a ``Watch``: a bounded buffer of batches that
+``publish`` fills without waiting. A watch holds at most ``capacity`` events
+(or, when it is empty, one batch of any size: the batch is shared, it costs
+the watch nothing more). One that would hold more is marked *lagged* and
+stops buffering: the task and the other subscribers never wait for it.
+
+The hub also keeps a window of the latest batches of every watched task (at
+most ``retain`` events over all tasks, oldest dropped first, and only while
+they are contiguous). A stream that opens, or reopens after a lag, with
+``after`` inside that window takes its backlog from memory rather than from
+the store: a subscriber that fell behind a busy task catches up for the
+price of a few references.
 
 ``EventStream`` joins history and live events without a gap: it registers
-its watch first, then reads the history after ``after`` from the store, then
-drains the watch, skipping what it already yielded (an event committed
-between the two steps shows up in both; it is yielded once, by seq). A
-lagged stream either raises ``SubscriptionLagged(resume_after=last seq)``
-or, with ``resume_on_lag``, reads the missing events back from the store and
-goes on: either way nothing is lost.
+its watch first, then takes the events after ``after`` from the window or,
+when they are older, from the store (a page at a time, so a long history
+never sits in memory whole; the hub keeps the last full pages, so streams
+that replay the same history read each page once), then drains the watch,
+skipping what it already yielded (an event committed between the two steps
+shows up in both; it is yielded once, by seq). While it still reads history,
+a lagged watch is
+simply registered again before the next read: what the watch dropped, the
+store has. A stream that lags once live either raises
+``SubscriptionLagged(resume_after=last seq)`` or, with ``resume_on_lag``,
+reads the missing events back and goes on: either way nothing is lost.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
-from storage import StoredEvent
+from storage import StoredEvent, decode
 
 from ._errors import RuntimeClosedError, SubscriptionLagged
 from ._info import TaskEvent
@@ -34,69 +57,376 @@ from ._info import TaskEvent
 if TYPE_CHECKING:
     from storage import Store
 
+#: Events read from the store per query while a stream replays history.
+HISTORY_PAGE: Final = 1000
+#: Least number of events the hub's window keeps (see ``EventHub``).
+MIN_RETAIN: Final = 16_384
+#: Full history pages the hub keeps for streams that replay the same history.
+CACHED_PAGES: Final = 16
+
+
+@attrs.define(eq=False)
+class EventBatch:
+    """Committed events of one task with consecutive seqs, shared by all who receive them.
+
+    Made by the hub (one per task and committed batch) and by streams
+    reading history. Never changes; what is derived from it (the decoded
+    events, the first terminal event) is computed once, on first use.
+
+    The events are kept as columns of plain values (tuples of strings and
+    floats), which the garbage collector stops tracking: a window of
+    thousands of recent events costs it one object per batch, not one per
+    event (see ``Wakeup`` for why that matters).
+    """
+
+    task_id: str
+    #: Seq of the first event; the others follow without gaps.
+    first: int
+    kinds: tuple[str, ...]
+    ats: tuple[float, ...]
+    #: Each event's data as stored: JSON text.
+    datas: tuple[str, ...]
+    _events: tuple[TaskEvent, ...] | None = attrs.field(default=None, init=False)
+    _terminal: int | None = attrs.field(default=None, init=False)
+
+    @classmethod
+    def from_stored(cls, task_id: str, stored: Sequence[StoredEvent]) -> EventBatch:
+        """A batch of stored events of ``task_id`` (consecutive seqs, at least one)."""
+        return cls(
+            task_id,
+            stored[0].seq,
+            tuple(map(_KIND, stored)),
+            tuple(map(_AT, stored)),
+            tuple(map(_DATA, stored)),
+        )
+
+    @property
+    def last(self) -> int:
+        """Seq of the last event."""
+        return self.first + len(self.kinds) - 1
+
+    @property
+    def seqs(self) -> range:
+        """The events' seqs."""
+        return range(self.first, self.first + len(self.kinds))
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def events(self) -> tuple[TaskEvent, ...]:
+        """The events, decoded (once for every holder of the batch)."""
+        if self._events is None:
+            task_id = self.task_id
+            self._events = tuple(
+                TaskEvent(task_id, seq, kind, at, decode(data))
+                for seq, kind, at, data in zip(
+                    self.seqs, self.kinds, self.ats, self.datas, strict=True
+                )
+            )
+        return self._events
+
+    def _slice(self, start: int, stop: int) -> EventBatch:
+        return EventBatch(
+            self.task_id,
+            self.first + start,
+            self.kinds[start:stop],
+            self.ats[start:stop],
+            self.datas[start:stop],
+        )
+
+    def after(self, seq: int) -> EventBatch | None:
+        """The events with seq > ``seq`` (this batch if all are), or None if none is."""
+        if seq < self.first:
+            return self
+        if seq >= self.last:
+            return None
+        return self._slice(seq - self.first + 1, len(self.kinds))
+
+    def through_terminal(self) -> tuple[EventBatch, bool]:
+        """The events up to the first terminal one, and whether there is one."""
+        count = len(self.kinds)
+        if self._terminal is None:
+            terminal = count
+            for index, kind in enumerate(self.kinds):
+                # Only a "state" event can be terminal: decode just those.
+                if kind == "state" and _is_terminal(decode(self.datas[index])):
+                    terminal = index
+                    break
+            self._terminal = terminal
+        if self._terminal == count:
+            return self, False
+        if self._terminal == count - 1:
+            return self, True
+        return self._slice(0, self._terminal + 1), True
+
+
+_KIND = operator.attrgetter("kind")
+_AT = operator.attrgetter("at")
+_DATA = operator.attrgetter("data")
+
+
+def _is_terminal(data: object) -> bool:
+    """Whether a "state" event's data moves its task into a terminal state."""
+    return TaskEvent("", 0, "state", 0.0, data).terminal
+
+
+def _after(batches: Sequence[EventBatch], seq: int) -> list[EventBatch]:
+    """The events of ``batches`` with seq > ``seq``."""
+    return [tail for batch in batches if (tail := batch.after(seq)) is not None]
+
+
+def _runs(task_id: str, stored: Sequence[StoredEvent]) -> Iterator[EventBatch]:
+    """``stored`` (one task's events, in seq order) as batches of consecutive seqs."""
+    if stored[-1].seq - stored[0].seq == len(stored) - 1:
+        yield EventBatch.from_stored(task_id, stored)  # the usual case: one run
+        return
+    start = 0
+    for index in range(1, len(stored)):
+        if stored[index].seq != stored[index - 1].seq + 1:
+            yield EventBatch.from_stored(task_id, stored[start:index])
+            start = index
+    yield EventBatch.from_stored(task_id, stored[start:])
+
+
+class Wakeup:
+    """A wake-up call for one waiting task, reused from wait to wait.
+
+    ``set`` wakes the task waiting in ``wait``, or makes the next ``wait``
+    return at once. It does what a fresh ``trio.Event`` per wait does, with
+    no objects made per wait: waits that last a few milliseconds (a watch
+    between commits, a writer between frames) would otherwise outlive young
+    garbage collections, and the full collections they bring on stall every
+    connection (issue #5: they set the fan-out latency's p99).
+    """
+
+    __slots__ = ("_abort_fn", "_set", "_task")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._set = False
+        self._abort_fn = self._abort
+
+    def set(self) -> None:
+        """Wake the waiting task, or the next one to wait (never blocks)."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+        else:
+            self._set = True
+
+    async def wait(self) -> None:
+        """Wait until ``set`` (at once if it was set since the last wait).
+
+        Cancellation: safe.
+
+        Raises:
+            trio.BusyResourceError: another task waits already.
+        """
+        if self._set:
+            self._set = False
+            await trio.lowlevel.checkpoint()
+            return
+        if self._task is not None:
+            raise trio.BusyResourceError("another task waits on this wake-up")
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_fn)
+
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
 
 class Watch:
-    """One subscriber's bounded buffer of live events."""
+    """One subscriber's bounded buffer of live event batches.
 
-    def __init__(
-        self, task_id: str | None, predicate: Callable[[TaskEvent], bool] | None, capacity: int
-    ) -> None:
+    While its ``sink`` is set (by a consumer that waits with nothing in
+    hand), a batch is first offered to the sink, synchronously: one it
+    takes is not buffered and wakes nobody.
+    """
+
+    def __init__(self, task_id: str | None, capacity: int) -> None:
         self.task_id = task_id
-        self.predicate = predicate
         self.capacity = capacity
-        self.buffer: collections.deque[TaskEvent] = collections.deque()
+        self.buffer: collections.deque[EventBatch] = collections.deque()
+        #: Events in ``buffer``.
+        self.pending = 0
         self.lagged = False
         #: Set when the hub closes (the runtime is closing).
         self.closed = False
-        self._wakeup = trio.Event()
+        #: Takes a batch (True) or leaves it to the buffer (False); must not raise.
+        self.sink: Callable[[EventBatch], bool] | None = None
+        self._wakeup = Wakeup()
 
-    def offer(self, event: TaskEvent) -> None:
+    def offer(self, batch: EventBatch) -> None:
         if self.lagged:
             return
-        if self.predicate is not None and not self.predicate(event):
+        if self.sink is not None and not self.buffer and self.sink(batch):
             return
-        if len(self.buffer) >= self.capacity:
+        size = len(batch.kinds)
+        if self.pending and self.pending + size > self.capacity:
             self.lagged = True
             self.buffer.clear()
+            self.pending = 0
         else:
-            self.buffer.append(event)
+            self.buffer.append(batch)
+            self.pending += size
         self._wakeup.set()
+
+    def take(self) -> list[EventBatch]:
+        """Everything buffered, oldest first; the buffer is left empty."""
+        batches = list(self.buffer)
+        self.buffer.clear()
+        self.pending = 0
+        return batches
 
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
 
+    def wake(self) -> None:
+        """End the current (or next) ``wait`` with nothing buffered."""
+        self._wakeup.set()
+
     async def wait(self) -> None:
-        """Wait until something was offered since the last wait (or the hub closed)."""
+        """Wait until something is offered, the hub closes or ``wake``; at once if
+        something was buffered. It may also return early: check again."""
         if not self.buffer and not self.lagged and not self.closed:
             await self._wakeup.wait()
-        self._wakeup = trio.Event()
 
 
 class EventHub:
-    """Fans committed events out to watches, by task and to global watches."""
+    """Fans committed events out to watches, by task and to global watches.
 
-    def __init__(self, capacity: int = 4096) -> None:
+    Args:
+        capacity: default capacity (in events) of a watch.
+        retain: events of watched tasks kept in the window (default: the
+            larger of 4 x capacity and ``MIN_RETAIN``).
+    """
+
+    def __init__(self, capacity: int = 4096, *, retain: int | None = None) -> None:
         self.capacity = capacity
+        self.retain = retain if retain is not None else max(4 * capacity, MIN_RETAIN)
         self._by_task: dict[str, set[Watch]] = {}
         self._global: set[Watch] = set()
+        #: task id -> its latest batches, contiguous, for watched tasks only
+        #: (from their first commit while watched).
+        self._windows: dict[str, collections.deque[EventBatch]] = {}
+        #: Every retained batch, oldest first (some may have left their window already).
+        self._recent: collections.deque[EventBatch] = collections.deque()
+        self._recent_events = 0
+        #: (task id, page number) -> a full page of history, or the event set
+        #: when a stream reading it is done; least recently used first.
+        self._pages: collections.OrderedDict[
+            tuple[str, int], tuple[EventBatch, ...] | trio.Event
+        ] = collections.OrderedDict()
         self._closed = False
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Offer committed events to every interested watch (never blocks)."""
+        """Offer committed events to every interested watch (never blocks).
+
+        The store calls it once per committed batch, in commit order.
+        """
         by_task = self._by_task
         everyone = self._global
+        if not by_task and not everyone:
+            return
+        runs: dict[str, list[StoredEvent]] = {}
         for stored in events:
-            watches = by_task.get(stored.task_id)
-            if not watches and not everyone:
-                continue
-            # Decoded once here, shared by every subscriber.
-            event = TaskEvent.from_stored(stored)
-            if watches:
+            if everyone or stored.task_id in by_task:
+                run = runs.get(stored.task_id)
+                if run is None:
+                    runs[stored.task_id] = [stored]
+                else:
+                    run.append(stored)
+        for task_id, run in runs.items():
+            watches = by_task.get(task_id, ())
+            for batch in _runs(task_id, run):
+                if watches:
+                    window = self._windows.get(task_id)
+                    if window is None:
+                        # Made at the task's first commit while watched: a
+                        # watched task that stays quiet costs no window.
+                        window = self._windows[task_id] = collections.deque()
+                    self._retain(window, batch)
                 for watch in watches:
-                    watch.offer(event)
-            for watch in everyone:
-                watch.offer(event)
+                    watch.offer(batch)
+                for watch in everyone:
+                    watch.offer(batch)
+
+    def _retain(self, window: collections.deque[EventBatch], batch: EventBatch) -> None:
+        if window and window[-1].last + 1 != batch.first:
+            window.clear()  # what a window holds must be contiguous
+        window.append(batch)
+        recent = self._recent
+        recent.append(batch)
+        self._recent_events += len(batch.kinds)
+        while self._recent_events > self.retain and len(recent) > 1:
+            old = recent.popleft()
+            self._recent_events -= len(old.kinds)
+            owner = self._windows.get(old.task_id)
+            if owner and owner[0] is old:
+                owner.popleft()
+
+    def retained(self, task_id: str, after: int) -> list[EventBatch] | None:
+        """The task's events with seq > ``after`` from the window, if it has them all.
+
+        Returns:
+            None unless the window holds seq ``after + 1`` (then every later
+            event the hub has seen is in the batches returned).
+        """
+        window = self._windows.get(task_id)
+        if not window or window[0].first > after + 1 or window[-1].last <= after:
+            return None
+        ready: list[EventBatch] = []
+        for batch in reversed(window):
+            tail = batch.after(after)
+            if tail is None:
+                break
+            ready.append(tail)
+        ready.reverse()
+        return ready
+
+    async def history(
+        self, store: Store, task_id: str, after: int
+    ) -> tuple[list[EventBatch], bool]:
+        """A task's stored events after ``after``, to the end of their page.
+
+        History is read in pages of ``HISTORY_PAGE`` seqs (1-1000, 1001-2000,
+        ...), and the hub keeps the last ``CACHED_PAGES`` full ones: streams
+        that replay the same history (subscribers that lagged together) read
+        each page from the store once, and share its batches and their text.
+
+        Returns:
+            The batches, and whether the page was full (more may follow).
+
+        Cancellation: safe; a page being read for others is read again by them.
+        """
+        number = after // HISTORY_PAGE
+        key = (task_id, number)
+        while isinstance(entry := self._pages.get(key), trio.Event):
+            await entry.wait()  # another stream reads it
+        if entry is None:
+            loading = self._pages[key] = trio.Event()
+            try:
+                stored = await store.read_events(task_id, number * HISTORY_PAGE, HISTORY_PAGE)
+            finally:
+                del self._pages[key]
+                loading.set()
+            entry = tuple(_runs(task_id, stored)) if stored else ()
+            if len(stored) < HISTORY_PAGE:
+                # The end of the history so far: it grows, so it is not kept.
+                return _after(entry, after), False
+            self._pages[key] = entry
+            while len(self._pages) > CACHED_PAGES:
+                oldest = next(iter(self._pages))
+                if isinstance(self._pages[oldest], trio.Event):
+                    break  # being read: the cache is over its size until then
+                del self._pages[oldest]
+        else:
+            self._pages.move_to_end(key)
+        return _after(entry, after), True
 
     def close(self) -> None:
         """Wake every watch with "closed"; new watches start closed."""
@@ -107,14 +437,9 @@ class EventHub:
         for watch in self._global:
             watch.close()
 
-    def watch(
-        self,
-        task_id: str | None,
-        predicate: Callable[[TaskEvent], bool] | None = None,
-        capacity: int | None = None,
-    ) -> Watch:
-        """Register a watch for one task, or for every task the predicate accepts."""
-        watch = Watch(task_id, predicate, capacity or self.capacity)
+    def watch(self, task_id: str | None, capacity: int | None = None) -> Watch:
+        """Register a watch for one task, or (``task_id`` None) for every task."""
+        watch = Watch(task_id, capacity or self.capacity)
         if self._closed:
             watch.close()
         if task_id is None:
@@ -132,18 +457,23 @@ class EventHub:
             watches.discard(watch)
             if not watches:
                 del self._by_task[watch.task_id]
+                # Its batches leave the window; _recent drops them in turn.
+                self._windows.pop(watch.task_id, None)
 
     def statistics(self) -> dict[str, int]:
         return {
             "task_watches": sum(len(w) for w in self._by_task.values()),
             "global_watches": len(self._global),
+            "retained_events": self._recent_events,
         }
 
 
 class EventStream:
     """A task's events after ``after``: history, then live; ends after the terminal event.
 
-    Iterate with ``async for``. Made by ``Runtime.subscribe``, which closes it.
+    Iterate with ``async for`` (one event at a time), or call
+    ``next_batch`` (every event ready, as shared batches); use one or the
+    other. Made by ``Runtime.subscribe``, which closes it.
     """
 
     def __init__(
@@ -164,20 +494,47 @@ class EventStream:
         self._capacity = capacity
         self._resume_on_lag = resume_on_lag
         self._watch: Watch | None = None
-        self._backlog: collections.deque[TaskEvent] = collections.deque()
+        #: Seq of the last event taken out of the backlog.
+        self._cursor = after
+        self._backlog: collections.deque[EventBatch] = collections.deque()
+        #: Events of a batch not yielded yet (one-at-a-time iteration).
+        self._events: collections.deque[TaskEvent] = collections.deque()
+        self._history_done = False
         self._ended = False
         self._closed = False
+        #: The consumer's sink while it waits in ``next_batch`` (see there).
+        self._sink: Callable[[EventBatch], bool] | None = None
+        self._push_fn = self._push
 
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
-        history = await self._store.read_events(self.task_id, self.last_seq)
-        self._backlog.extend(TaskEvent.from_stored(stored) for stored in history)
+        await self._read_history()
         if not self._backlog:
             # Subscribed at or past the end of a finished task: nothing will come.
             record = await self._store.get_task(self.task_id)
-            if record is not None and record.state.terminal and record.last_seq <= self.last_seq:
+            if record is not None and record.state.terminal and record.last_seq <= self._cursor:
                 self._ended = True
                 self.close()
+
+    async def _read_history(self) -> None:
+        """Queue the next events: all of them from the hub's window, or a page of history.
+
+        The watch is registered before, so what comes after is in the watch.
+        """
+        retained = self._hub.retained(self.task_id, self._cursor)
+        if retained is not None:
+            self._backlog.extend(retained)
+            self._history_done = True
+            return
+        page, full = await self._hub.history(self._store, self.task_id, self._cursor)
+        self._backlog.extend(page)
+        self._history_done = not full
+
+    def _rewatch(self) -> None:
+        """Replace a lagged watch (the new one first, so the task's window stays)."""
+        assert self._watch is not None
+        lagged, self._watch = self._watch, self._hub.watch(self.task_id, capacity=self._capacity)
+        self._hub.unwatch(lagged)
 
     def close(self) -> None:
         self._closed = True
@@ -185,44 +542,117 @@ class EventStream:
             self._hub.unwatch(self._watch)
             self._watch = None
 
-    def __aiter__(self) -> EventStream:
-        return self
+    async def next_batch(
+        self, *, sink: Callable[[EventBatch], bool] | None = None
+    ) -> EventBatch | None:
+        """The next events, seq ``last_seq + 1`` on, as one batch; None once ended.
 
-    async def __anext__(self) -> TaskEvent:
+        Returns at once with what is ready, else waits for the next commit.
+
+        Args:
+            sink: while this waits with nothing ready, each live batch that
+                comes is first offered to ``sink(batch)``, synchronously, at
+                commit time: if it returns True the batch is the sink's (as
+                if returned, without waking the caller), else it is returned
+                as usual. It is called with nothing else in hand, so batches
+                reach the caller and the sink in order; it must not block. A
+                sink that raises is taken as refusing: the caller then gets
+                the batch and meets the error itself. After the sink took
+                the terminal event, this returns None.
+
+        Raises:
+            SubscriptionLagged: the stream fell ``capacity`` events behind
+                (without ``resume_on_lag``); subscribe again after ``resume_after``.
+            RuntimeClosedError: the runtime closed while the stream waited.
+
+        Cancellation: safe; nothing is lost.
+        """
         while True:
             if self._ended or self._closed:
-                raise StopAsyncIteration
+                return None
             while self._backlog:
-                event = self._backlog.popleft()
-                if event.seq <= self.last_seq:
-                    continue
-                if event.seq != self.last_seq + 1:
+                batch = self._backlog.popleft()
+                if batch.first > self._cursor + 1:
                     # Only possible if events were lost upstream: refuse to paper over it.
                     raise RuntimeError(
-                        f"gap in task {self.task_id} events: {self.last_seq} then {event.seq}"
+                        f"gap in task {self.task_id} events: {self._cursor} then {batch.first}"
                     )
-                self.last_seq = event.seq
-                if event.terminal:
+                tail = batch.after(self._cursor)
+                if tail is None:
+                    continue  # seen already (history and live overlap)
+                tail, terminal = tail.through_terminal()
+                self._cursor = self.last_seq = tail.last
+                if terminal:
                     self._ended = True
                     self.close()
-                return event
+                return tail
             watch = self._watch
             assert watch is not None
+            if not self._history_done:
+                if watch.lagged:
+                    self._rewatch()  # what it dropped, the store has
+                await self._read_history()
+                continue
             if watch.lagged:
                 if not self._resume_on_lag:
                     self.close()
-                    raise SubscriptionLagged(self.task_id, self.last_seq)
-                self._hub.unwatch(watch)
-                await self._open()
+                    raise SubscriptionLagged(self.task_id, self._cursor)
+                self._rewatch()
+                self._history_done = False
                 continue
             if watch.buffer:
-                self._backlog.extend(watch.buffer)
-                watch.buffer.clear()
+                self._backlog.extend(watch.take())
                 continue
             if watch.closed:
                 self.close()
                 raise RuntimeClosedError("the runtime closed while this stream waited")
-            await watch.wait()
+            if sink is None:
+                await watch.wait()
+                continue
+            self._sink, watch.sink = sink, self._push_fn
+            try:
+                await watch.wait()
+            finally:
+                self._sink = watch.sink = None
+
+    def _push(self, batch: EventBatch) -> bool:
+        """The watch's sink while the consumer waits: see ``next_batch``."""
+        assert self._sink is not None and not self._backlog
+        tail = batch.after(self._cursor)
+        if tail is None:
+            return True  # seen already (history and live overlap)
+        if tail.first > self._cursor + 1:
+            return False  # a gap: next_batch raises it
+        # Called by the hub at commit time: an error here must not keep the
+        # batch from the other subscribers. The caller gets the batch from
+        # next_batch instead, and meets the error there.
+        try:
+            tail, terminal = tail.through_terminal()
+            if not self._sink(tail):
+                return False
+        except Exception:
+            return False
+        self._cursor = self.last_seq = tail.last
+        if terminal:
+            self._ended = True
+            assert self._watch is not None
+            self._watch.wake()
+        return True
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        if not self._events:
+            last_seq = self.last_seq
+            batch = await self.next_batch()
+            if batch is None:
+                raise StopAsyncIteration
+            self.last_seq = last_seq
+            self._events.extend(batch.events)
+        event = self._events.popleft()
+        self.last_seq = event.seq
+        return event
 
 
 class AllEventsStream:
@@ -230,6 +660,8 @@ class AllEventsStream:
 
     Never ends by itself. A stream that falls behind its buffer raises
     ``SubscriptionLagged(None, 0)``: read each task's history to catch up.
+    Iterate with ``async for`` (one event at a time), or call
+    ``next_batch``; use one or the other.
     """
 
     def __init__(
@@ -239,37 +671,50 @@ class AllEventsStream:
         self._store = store
         self._user_id = user_id
         self._watch = hub.watch(None, capacity=capacity)
-        self._backlog: collections.deque[TaskEvent] = collections.deque()
+        self._backlog: collections.deque[EventBatch] = collections.deque()
+        self._events: collections.deque[TaskEvent] = collections.deque()
         #: task id -> user id, for the tasks seen so far.
         self._owners: dict[str, str | None] = {}
 
     def close(self) -> None:
         self._hub.unwatch(self._watch)
 
-    def __aiter__(self) -> AllEventsStream:
-        return self
-
-    async def _visible(self, event: TaskEvent) -> bool:
+    async def _visible(self, task_id: str) -> bool:
         if self._user_id is None:
             return True
-        if event.task_id not in self._owners:
-            record = await self._store.get_task(event.task_id)
-            self._owners[event.task_id] = record.user_id if record is not None else None
-        return self._owners[event.task_id] == self._user_id
+        if task_id not in self._owners:
+            record = await self._store.get_task(task_id)
+            self._owners[task_id] = record.user_id if record is not None else None
+        return self._owners[task_id] == self._user_id
 
-    async def __anext__(self) -> TaskEvent:
+    async def next_batch(self) -> EventBatch:
+        """The next live events of one visible task, as one batch.
+
+        Raises:
+            SubscriptionLagged: the stream fell behind its buffer.
+            RuntimeClosedError: the runtime closed while the stream waited.
+
+        Cancellation: safe.
+        """
         while True:
             while self._backlog:
-                event = self._backlog.popleft()
-                if await self._visible(event):
-                    return event
+                batch = self._backlog.popleft()
+                if await self._visible(batch.task_id):
+                    return batch
             watch = self._watch
             if watch.lagged:
                 raise SubscriptionLagged(None, 0)
             if watch.buffer:
-                self._backlog.extend(watch.buffer)
-                watch.buffer.clear()
+                self._backlog.extend(watch.take())
                 continue
             if watch.closed:
                 raise RuntimeClosedError("the runtime closed while this stream waited")
             await watch.wait()
+
+    def __aiter__(self) -> AllEventsStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        if not self._events:
+            self._events.extend((await self.next_batch()).events)
+        return self._events.popleft()

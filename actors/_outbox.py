@@ -10,14 +10,17 @@ entries share the queue:
   Their number is bounded by the connection itself: its reader waits for
   ``wait_control_room`` before it reads the next request, and each
   subscription sends at most one ``end`` or ``lagged``.
-- *event batches*: the events of one subscription that wait to be sent. An
-  event offered while its subscription's last batch is still queued (and not
-  full) joins that batch, so events that pile up while the writer is busy
+- *event batches*: the events of one subscription that wait to be sent.
+  Events are offered as text, one or several at a time (a committed batch
+  is encoded once for all its subscribers and offered whole). Events
+  offered while their subscription's last batch is still queued (and not
+  full) join that batch, so events that pile up while the writer is busy
   leave as one ``events`` frame: batching happens exactly when a client
   falls behind, which is what lets fan-out reach high rates.
 
-Events are bounded per connection: ``offer_event`` refuses an event when
-``max_pending`` events wait already, and the subscription's task then waits
+Events are bounded per connection: ``offer_event`` refuses events that would
+take the count waiting past ``max_pending`` (unless none wait: a batch
+larger than that still goes, alone), and the subscription's task then waits
 in ``wait_room``. While it waits, the runtime keeps buffering that
 subscription's live events in its own bounded watch; when that overflows,
 the subscription lags (the runtime's ``SubscriptionLagged``) and the server
@@ -35,13 +38,19 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ._events import Wakeup
+
 
 @attrs.define(eq=False)
 class _Batch:
     """Events of one subscription that leave as one frame."""
 
     sub: str
-    events: list[str] = attrs.field(factory=list)
+    #: Texts of one or more comma-separated events each.
+    parts: list[str] = attrs.field(factory=list)
+    #: Events in ``parts``.
+    count: int = 0
+    #: Characters in ``parts``, plus one per part.
     size: int = 0
 
 
@@ -61,21 +70,21 @@ class Outbox:
     """The ordered frames one connection is about to send.
 
     Args:
-        make_frame: builds the frame of a batch (``events_frame(sub, events)``).
+        make_frame: builds the frame of a batch (``events_frame(sub, parts, count)``).
         max_pending: most events waiting at once.
         max_control: ``wait_control_room`` waits while this many control frames wait.
-        max_batch: most events in one frame.
-        max_batch_size: a batch takes no more events once its events' text
-            reaches this many characters (a bigger single event still leaves alone).
+        max_batch: a batch takes no more events once it holds this many.
+        max_batch_size: a batch takes no text that would take it past this
+            many characters (a bigger text offered alone still leaves alone).
     """
 
     def __init__(
         self,
-        make_frame: Callable[[str, list[str]], str],
+        make_frame: Callable[[str, list[str], int], str],
         *,
         max_pending: int,
         max_control: int = 32,
-        max_batch: int = 256,
+        max_batch: int = 1 << 16,
         max_batch_size: int = 1 << 20,
     ) -> None:
         if max_pending < 1 or max_control < 1 or max_batch < 1:
@@ -90,8 +99,11 @@ class Outbox:
         self._open: dict[str, _Batch] = {}
         self._pending_events = 0
         self._pending_control = 0
-        self._filled = trio.Event()
+        #: The writer's (it alone waits for frames).
+        self._filled = Wakeup()
         self._drained = trio.Event()
+        #: Tasks waiting on ``_drained``.
+        self._drain_waiters = 0
         self._closed = False
 
     # -- producers ---------------------------------------------------------------
@@ -109,26 +121,35 @@ class Outbox:
         self._pending_control += 1
         self._filled.set()
 
-    def offer_event(self, sub: str, event: str) -> bool:
-        """Queue one encoded event of subscription ``sub`` if there is room.
+    def offer_event(self, sub: str, text: str, count: int = 1) -> bool:
+        """Queue ``count`` encoded events of subscription ``sub`` if there is room.
+
+        Args:
+            sub: the subscription.
+            text: the events' JSON texts, comma-separated (``EncodedEvents.text``).
+            count: how many events ``text`` holds.
 
         Returns:
-            False if ``max_pending`` events wait already (nothing was queued);
-            True otherwise (also after ``close``, when the event is dropped).
+            False if they would take the events waiting past ``max_pending``
+            while some wait already (nothing was queued); True otherwise
+            (also after ``close``, when the events are dropped).
         """
         if self._closed:
             return True
-        if self._pending_events >= self.max_pending:
+        pending = self._pending_events
+        if pending and pending + count > self.max_pending:
             return False
         batch = self._open.get(sub)
         if batch is None or (
-            len(batch.events) >= self.max_batch or batch.size >= self.max_batch_size
+            # batch.size counts a comma per part: joined, the batch would be this long.
+            batch.count >= self.max_batch or batch.size + len(text) > self.max_batch_size
         ):
             batch = self._open[sub] = _Batch(sub)
             self._queue.append(batch)
-        batch.events.append(event)
-        batch.size += len(event)
-        self._pending_events += 1
+        batch.parts.append(text)
+        batch.count += count
+        batch.size += len(text) + 1
+        self._pending_events = pending + count
         self._filled.set()
         return True
 
@@ -138,19 +159,23 @@ class Outbox:
         kept: collections.deque[str | _Batch] = collections.deque()
         for entry in self._queue:
             if isinstance(entry, _Batch) and entry.sub == sub:
-                self._pending_events -= len(entry.events)
+                self._pending_events -= entry.count
             else:
                 kept.append(entry)
         self._queue = kept
         self._wake_drained()
 
-    async def wait_room(self) -> None:
-        """Wait until an event would fit (returns at once after ``close``).
+    async def wait_room(self, count: int = 1) -> None:
+        """Wait until an offer of ``count`` events would fit (at once after ``close``).
 
         Cancellation: safe; nothing is queued or lost by waiting.
         """
-        while self._pending_events >= self.max_pending and not self._closed:
-            await self._drained.wait()
+        while (
+            self._pending_events
+            and self._pending_events + count > self.max_pending
+            and not self._closed
+        ):
+            await self._wait_drained()
         await trio.lowlevel.checkpoint()
 
     async def wait_control_room(self) -> None:
@@ -161,7 +186,7 @@ class Outbox:
         own socket. Cancellation: safe.
         """
         while self._pending_control >= self.max_control and not self._closed:
-            await self._drained.wait()
+            await self._wait_drained()
         await trio.lowlevel.checkpoint()
 
     # -- the writer ----------------------------------------------------------------
@@ -176,7 +201,6 @@ class Outbox:
         while not self._queue:
             if self._closed:
                 raise trio.ClosedResourceError("the outbox is closed")
-            self._filled = trio.Event()
             await self._filled.wait()
         entry = self._queue.popleft()
         if isinstance(entry, str):
@@ -185,8 +209,8 @@ class Outbox:
         else:
             if self._open.get(entry.sub) is entry:
                 del self._open[entry.sub]
-            self._pending_events -= len(entry.events)
-            frame = self._make_frame(entry.sub, entry.events)
+            self._pending_events -= entry.count
+            frame = self._make_frame(entry.sub, entry.parts, entry.count)
         self._wake_drained()
         return frame
 
@@ -201,8 +225,17 @@ class Outbox:
         self._wake_drained()
 
     def _wake_drained(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
+        # A fresh event only when someone waits: the writer calls this per frame.
+        if self._drain_waiters:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def _wait_drained(self) -> None:
+        self._drain_waiters += 1
+        try:
+            await self._drained.wait()
+        finally:
+            self._drain_waiters -= 1
 
     def statistics(self) -> OutboxStatistics:
         """How many events and control frames wait."""

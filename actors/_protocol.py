@@ -19,24 +19,27 @@ is an error.
 
 Task infos and events go out through ``storage.converter`` unchanged, so
 the wire form of a ``TaskInfo`` or ``TaskEvent`` is the same as everywhere
-else. An event is encoded once (``EventEncoder`` shares its text between
-all subscribers) and the text is spliced into ``event``/``events`` frames,
-so fan-out and batching cost no re-encoding.
+else. Live events are encoded a committed batch at a time, straight from
+the stored text and once for all subscribers (``EventEncoder``); the text is
+spliced into ``event``/``events`` frames, so fan-out and batching cost no
+re-encoding.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import attrs
 import cattrs
 from cattrs.v import format_exception
 
 import storage
-from storage import StorageError, TaskState
+from storage import StorageError, StoredEvent, TaskState
 
 from ._errors import (
     ActorsError,
@@ -53,6 +56,9 @@ from ._errors import (
 from ._info import TaskEvent
 from ._lifecycle import Strategy
 from ._messages import Signal
+
+if TYPE_CHECKING:
+    from ._events import EventBatch
 
 #: Deepest nesting of arrays and objects a request frame may have.
 MAX_DEPTH: Final = 64
@@ -500,35 +506,96 @@ def encode_event(event: TaskEvent) -> str:
     return _dumps(to_wire(event))
 
 
-class EventEncoder:
-    """``encode_event`` with a memory: each event is encoded once for all subscribers.
+def encode_stored(stored: StoredEvent) -> str:
+    """The JSON text of a stored event, the same as ``encode_event`` of it decoded.
 
-    A committed event never changes, so its text is kept (the latest
-    ``capacity`` events, by task id and seq) and shared by every
-    subscription that sends it: fan-out to N subscribers costs one encoding.
+    The stored ``data`` is already the compact JSON text of the value
+    (``storage.encode``), so it is spliced in as it is: no decoding.
+    """
+    return _encode(_dumps(stored.task_id), stored.seq, _dumps(stored.kind), stored.at, stored.data)
+
+
+def _encode(task_id: str, seq: int, kind: str, at: float, data: str) -> str:
+    """One event's JSON text from its parts (task id and kind already JSON text)."""
+    if not math.isfinite(at):
+        raise ValueError(f"event {seq} of task {task_id}: no JSON form for at={at}")
+    return f'{{"task_id":{task_id},"seq":{seq:d},"kind":{kind},"at":{at!r},"data":{data}}}'
+
+
+class EncodedEvents(NamedTuple):
+    """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame.
+
+    A named tuple rather than an attrs class: of strings and ints only, the
+    garbage collector stops tracking it (see ``_events.Wakeup``).
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._texts: dict[tuple[str, int], str] = {}
-
-    def encode(self, event: TaskEvent) -> str:
-        """The JSON text of ``event`` (see ``encode_event``)."""
-        key = (event.task_id, event.seq)
-        text = self._texts.get(key)
-        if text is None:
-            text = self._texts[key] = encode_event(event)
-            if len(self._texts) > self.capacity:
-                del self._texts[next(iter(self._texts))]  # the oldest
-        return text
+    text: str
+    #: Number of events in ``text``.
+    event_count: int
+    #: Seq of the last one.
+    last_seq: int
 
 
-def events_frame(sub: str, encoded: Sequence[str]) -> str:
+class EventEncoder:
+    """The wire text of event batches, made once per batch for every subscriber.
+
+    Fan-out to N subscribers costs one encoding: the text of a batch is kept
+    while the batch lives (it is shared by every subscriber that receives
+    it), and each connection only splices it into its frame.
+
+    Args:
+        max_size: a batch longer than this many characters is cut into
+            parts that are not (a single longer event is a part alone), so
+            frames stay within what clients accept.
+    """
+
+    def __init__(self, max_size: int = 1 << 20) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be >= 1")
+        self.max_size = max_size
+        self._texts: weakref.WeakKeyDictionary[EventBatch, tuple[EncodedEvents, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: JSON text of the event kinds seen (a handful of short strings).
+        self._kinds: dict[str, str] = {}
+
+    def encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
+        """The batch's events as JSON text, in parts of at most ``max_size`` characters."""
+        encoded = self._texts.get(batch)
+        if encoded is None:
+            encoded = self._texts[batch] = self._encode(batch)
+        return encoded
+
+    def _encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
+        task_id = _dumps(batch.task_id)
+        kinds = self._kinds
+        parts: list[EncodedEvents] = []
+        texts: list[str] = []
+        size = 0
+        for seq, kind, at, data in zip(
+            batch.seqs, batch.kinds, batch.ats, batch.datas, strict=True
+        ):
+            kind_text = kinds.get(kind)
+            if kind_text is None:
+                kind_text = _dumps(kind)
+                if len(kinds) < 256:
+                    kinds[kind] = kind_text
+            text = _encode(task_id, seq, kind_text, at, data)
+            if texts and size + 1 + len(text) > self.max_size:
+                parts.append(EncodedEvents(",".join(texts), len(texts), seq - 1))
+                texts = []
+            size = size + 1 + len(text) if texts else len(text)  # len(",".join(texts))
+            texts.append(text)
+        parts.append(EncodedEvents(",".join(texts), len(texts), batch.last))
+        return tuple(parts)
+
+
+def events_frame(sub: str, encoded: Sequence[str], count: int) -> str:
     """``{"op": "event", "sub", "event"}`` for one event, else ``{"op": "events", "sub",
-    "events": [...]}``, from events made by ``encode_event``."""
-    if not encoded:
+    "events": [...]}``, from ``count`` events in comma-separated texts (``EncodedEvents``)."""
+    if not encoded or count < 1:
         raise ValueError("no events")
-    if len(encoded) == 1:
+    if count == 1:
         return f'{{"op":"event","sub":{_dumps(sub)},"event":{encoded[0]}}}'
     return f'{{"op":"events","sub":{_dumps(sub)},"events":[{",".join(encoded)}]}}'
 

@@ -16,11 +16,14 @@ that first authenticates the client, then owns a nursery holding:
   waits on the client's socket.
 - one task per *subscription*: it reads the runtime's event stream (a
   bounded watch per subscription: ``rt.subscribe(buffer=...)`` or
-  ``rt.subscribe_all(buffer=...)``), encodes each event once and offers it
-  to the outbox, waiting for room when ``max_pending`` events wait already.
-  Events that wait together leave as one ``events`` frame. If the client
-  falls so far behind that the watch overflows, the runtime reports the lag
-  and the task sends ``lagged`` with the seq to resume after, and ends.
+  ``rt.subscribe_all(buffer=...)``) a batch at a time: everything ready,
+  as the batches the hub shares between all subscribers. The server's
+  ``EventEncoder`` turns each batch into JSON text once for every
+  connection; the task offers that text to the outbox, waiting for room
+  when ``max_pending`` events wait already. Events that wait together leave
+  as one ``events`` frame. If the client falls so far behind that the watch
+  overflows, the runtime reports the lag and the task sends ``lagged`` with
+  the seq to resume after, and ends.
 
 Nothing a client does can block a task or another client: tasks publish
 into watches that never wait, and each connection's memory is bounded by
@@ -60,7 +63,7 @@ from ._auth import bearer_token, user_for_token
 from ._auth import describe_auth as describe_auth
 from ._auth import load_tokens as load_tokens
 from ._errors import RuntimeClosedError, SubscriptionLagged
-from ._info import TaskEvent
+from ._events import EventBatch
 from ._outbox import Outbox
 from ._protocol import (
     Auth,
@@ -98,7 +101,10 @@ GOING_AWAY: Final = 1001
 #: Close code after a server bug ("internal error").
 INTERNAL_ERROR: Final = 1011
 #: Events read back from the store per query when an all-tasks subscription replays.
-_HISTORY_PAGE: Final = 500
+_HISTORY_PAGE: Final = 1000
+#: Characters of an ``events`` frame around its events (op, sub id): kept free
+#: of events so that frames stay within ``max_frame``.
+_FRAME_MARGIN: Final = 256
 
 
 @attrs.frozen
@@ -180,7 +186,8 @@ async def serve_websocket(
         log.warning("the tokens mapping is empty: every connection will be refused")
     if known is None and host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("no tokens and host %s: anyone who reaches it acts as the local user", host)
-    handler = partial(_serve_connection, rt, known, limits, EventEncoder())
+    encoder = EventEncoder(max_size=max(1, limits.max_frame - _FRAME_MARGIN))
+    handler = partial(_serve_connection, rt, known, limits, encoder)
     async with trio.open_nursery() as nursery:
         server: trio_websocket.WebSocketServer = await nursery.start(
             partial(
@@ -339,7 +346,9 @@ class _Connection:
         self.limits = limits
         self._tokens = tokens
         self.outbox = Outbox(
-            events_frame, max_pending=limits.max_pending, max_batch_size=limits.max_frame
+            events_frame,
+            max_pending=limits.max_pending,
+            max_batch_size=max(1, limits.max_frame - _FRAME_MARGIN),
         )
         self._subscriptions: dict[str, _Subscription] = {}
         self._sub_ids = itertools.count(1)
@@ -529,8 +538,9 @@ class _Connection:
         ) as events:
             started()
             try:
-                async for event in events:
-                    await self._deliver(sub, event)
+                push = partial(self._push, sub)
+                while (batch := await events.next_batch(sink=push)) is not None:
+                    await self._deliver(sub, batch)
             except SubscriptionLagged as lag:
                 self._finish(sub, lagged_frame(sub.id, lag.resume_after))
                 return
@@ -548,29 +558,52 @@ class _Connection:
             started()
             for task_id in after:
                 while True:
-                    page = await self.rt.history(
-                        task_id, after=sub.last[task_id], limit=_HISTORY_PAGE, user_id=self.user_id
+                    # Read-allowed: _check_after got each task with this user id.
+                    page = await self.rt.store.read_events(
+                        task_id, sub.last[task_id], _HISTORY_PAGE
                     )
-                    for event in page:
-                        await self._deliver(sub, event)
+                    if page:
+                        await self._deliver(sub, EventBatch.from_stored(task_id, page))
                     if len(page) < _HISTORY_PAGE:
                         break
             try:
-                async for event in events:
-                    if event.seq > sub.last.get(event.task_id, 0):
-                        await self._deliver(sub, event)
+                while True:
+                    batch = await events.next_batch()
+                    tail = batch.after(sub.last.get(batch.task_id, 0))
+                    if tail is not None:
+                        await self._deliver(sub, tail)
             except SubscriptionLagged:
                 self._finish(sub, lagged_frame(sub.id, sub.resume_after()))
 
-    async def _deliver(self, sub: _Subscription, event: TaskEvent) -> None:
-        """Queue one event for the client, waiting while the outbox is full."""
-        encoded = self._encoder.encode(event)
-        while not sub.closed and not self.outbox.offer_event(sub.id, encoded):
-            await self.outbox.wait_room()
+    async def _deliver(self, sub: _Subscription, batch: EventBatch) -> None:
+        """Queue a batch of events for the client, waiting while the outbox is full."""
+        for part in self._encoder.encode(batch):
+            while not sub.closed and not self.outbox.offer_event(
+                sub.id, part.text, part.event_count
+            ):
+                await self.outbox.wait_room(part.event_count)
+            if sub.closed:
+                await trio.lowlevel.checkpoint()  # unsubscribed: its scope is cancelled
+                return
+            sub.last[batch.task_id] = part.last_seq
+
+    def _push(self, sub: _Subscription, batch: EventBatch) -> bool:
+        """Queue a batch at commit time, if it fits now (the sink of ``next_batch``).
+
+        The subscription's task stays asleep: live events of a subscriber
+        that keeps up cost no task switch but the writer's. A batch that
+        does not fit (or needs several frames) is left to the task.
+        """
         if sub.closed:
-            await trio.lowlevel.checkpoint()  # unsubscribed: its scope is cancelled
-            return
-        sub.last[event.task_id] = event.seq
+            return True  # unsubscribed: dropped
+        parts = self._encoder.encode(batch)
+        if len(parts) != 1:
+            return False
+        part = parts[0]
+        if not self.outbox.offer_event(sub.id, part.text, part.event_count):
+            return False
+        sub.last[batch.task_id] = part.last_seq
+        return True
 
     def _finish(self, sub: _Subscription, frame: str) -> None:
         """Send a subscription's last frame (``end`` or ``lagged``) and forget it."""

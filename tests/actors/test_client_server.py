@@ -137,8 +137,14 @@ async def test_a_subscription_ends_after_the_terminal_event() -> None:
 
 
 async def test_a_slow_subscription_lags_with_the_seq_to_resume_after() -> None:
+    # The server sends a commit's events whole to a subscriber that keeps up, so
+    # a consumer that reads nothing until the task is over overflows its own
+    # buffer, in the client, or (whichever comes first) the server's.
     options = {"subscription_buffer": 4, "max_pending": 2}
-    async with serving(**options) as served, open_client(served.url, token=TOKEN) as client:
+    async with (
+        serving(**options) as served,
+        open_client(served.url, token=TOKEN, subscription_buffer=4) as client,
+    ):
         info = await client.submit("emit", {"count": 200, "start_gate": "go"})
         await served.gates.wait_entered("go")
         async with client.subscribe(info["id"]) as events:

@@ -17,6 +17,7 @@ import trio.testing
 import actors
 import storage
 from actors import Signal, TaskState
+from actors._events import EventBatch
 from actors._lifecycle import Strategy
 from actors._outbox import Outbox
 from actors._protocol import (
@@ -26,6 +27,7 @@ from actors._protocol import (
     Auth,
     Cancel,
     ErrorCode,
+    EventEncoder,
     Get,
     History,
     ListTasks,
@@ -37,6 +39,7 @@ from actors._protocol import (
     Unsubscribe,
     Usage,
     encode_event,
+    encode_stored,
     end_frame,
     error_code,
     error_frame,
@@ -181,12 +184,12 @@ def test_replies_and_events_are_json_in_the_documented_shapes() -> None:
         "at": 1.5,
         "data": {"i": [1, 2]},
     }
-    assert json.loads(events_frame("s1", [encoded])) == {
+    assert json.loads(events_frame("s1", [encoded], 1)) == {
         "op": "event",
         "sub": "s1",
         "event": json.loads(encoded),
     }
-    assert json.loads(events_frame("s1", [encoded, encoded])) == {
+    assert json.loads(events_frame("s1", [encoded, encoded], 2)) == {
         "op": "events",
         "sub": "s1",
         "events": [json.loads(encoded)] * 2,
@@ -210,9 +213,46 @@ def test_replies_and_events_are_json_in_the_documented_shapes() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {"i": [1, 2], "nested": {"x": None, "y": True}},
+        'caf\u00e9 \u2603 "quoted" \\ /',
+        [1.0, 1e-07, 1e22, -0.0, 12345678901234567890],
+        {"\u00fc": "\ud83d\ude00"},
+    ],
+)
+@pytest.mark.parametrize("at", [1.5, 1718000000.123456, 0.1 + 0.2, 3])
+def test_a_stored_event_encodes_as_its_decoded_event_does(data: Any, at: float) -> None:
+    stored = storage.StoredEvent("t\u00e9-1", 7, "k\u00efnd", at, storage.encode(data))
+    assert encode_stored(stored) == encode_event(actors.TaskEvent.from_stored(stored))
+
+
+def test_an_event_with_no_json_form_for_its_stamp_is_refused() -> None:
+    with pytest.raises(ValueError, match="no JSON form"):
+        encode_stored(storage.StoredEvent("t", 1, "tick", float("nan"), "1"))
+
+
+def test_the_encoder_encodes_a_batch_once_in_parts_within_its_size() -> None:
+    events = [storage.StoredEvent("t", seq, "tick", 1.0, '"' + "x" * 40 + '"') for seq in (1, 2, 3)]
+    one = len(encode_stored(events[0]))
+    encoder = EventEncoder(max_size=2 * one + 1)
+    batch = EventBatch.from_stored("t", events)
+    parts = encoder.encode(batch)
+    assert encoder.encode(batch) is parts  # shared by every subscriber of the batch
+    assert [(part.event_count, part.last_seq) for part in parts] == [(2, 2), (1, 3)]
+    assert all(len(part.text) <= encoder.max_size for part in parts)
+    frame = json.loads(events_frame("s", [part.text for part in parts], 3))
+    assert [event["seq"] for event in frame["events"]] == [1, 2, 3]
+    tiny = EventEncoder(max_size=1).encode(batch)  # an event too big goes alone
+    assert [part.event_count for part in tiny] == [1, 1, 1]
+
+
 # -- the outbox ---------------------------------------------------------------------------
-def joined(sub: str, events: list[str]) -> str:
-    return f"{sub}:{','.join(events)}"
+def joined(sub: str, parts: list[str], count: int) -> str:
+    assert count == sum(part.count(",") + 1 for part in parts)
+    return f"{sub}:{','.join(parts)}"
 
 
 async def test_events_waiting_together_leave_as_one_frame_in_order() -> None:
@@ -236,10 +276,29 @@ async def test_a_control_frame_of_a_subscription_closes_its_batch() -> None:
 
 
 async def test_batches_are_bounded_by_count_and_size() -> None:
-    outbox = Outbox(joined, max_pending=100, max_batch=3, max_batch_size=5)
-    for event in ["a", "b", "c", "dddddd", "e", "f"]:
+    outbox = Outbox(joined, max_pending=100, max_batch=3, max_batch_size=8)
+    for event in ["a", "b", "c", "d", "eeeeeeeee", "f", "gggg", "h", "i"]:
         outbox.offer_event("s", event)
-    assert [await outbox.get() for _ in range(3)] == ["s:a,b,c", "s:dddddd", "s:e,f"]
+    assert [await outbox.get() for _ in range(5)] == [
+        "s:a,b,c",  # three events at most
+        "s:d",
+        "s:eeeeeeeee",  # longer than max_batch_size alone
+        "s:f,gggg,h",  # 8 characters with the commas
+        "s:i",
+    ]
+
+
+async def test_events_offered_together_count_as_many() -> None:
+    outbox = Outbox(joined, max_pending=5, max_batch=3)
+    assert outbox.offer_event("s", "a,b", 2)
+    assert outbox.offer_event("s", "c,d", 2)  # joins: the batch held fewer than 3
+    assert outbox.offer_event("s", "e")  # the batch holds 4: a new one
+    assert outbox.statistics().pending_events == 5
+    assert not outbox.offer_event("s", "f")
+    assert [await outbox.get() for _ in range(2)] == ["s:a,b,c,d", "s:e"]
+    assert outbox.offer_event("s", "f,g,h,i,j,k", 6)  # more than max_pending: alone
+    assert not outbox.offer_event("s", "l")
+    assert await outbox.get() == "s:f,g,h,i,j,k"
 
 
 async def test_events_beyond_max_pending_are_refused_until_the_writer_drains() -> None:

@@ -185,6 +185,38 @@ async def test_events_that_are_ready_together_share_one_frame() -> None:
         assert all(frame["sub"] == sub for frame in frames)
 
 
+async def test_frames_stay_within_max_frame_however_many_events_wait() -> None:
+    async with serving(max_frame=4096) as served, connect(served) as client:
+        info = await client.ok("submit", name="emit", input={"count": 400, "pad": 100})
+        final = await served.rt.wait(info["id"])
+        sub = (await client.ok("subscribe", task_id=info["id"]))["sub"]
+        sizes, events, subs = [], [], set()
+        while True:
+            message = await client.ws.get_message()
+            frame = json.loads(message)
+            if frame.get("op") == "end":
+                break
+            sizes.append(len(message))
+            subs.add(frame["sub"])
+            events.extend(frame["events"] if "events" in frame else [frame["event"]])
+        assert max(sizes) <= 4096
+        assert len(sizes) > 400 * 100 // 4096  # the history was cut into many frames
+        assert seqs(events) == list(range(1, final.last_seq + 1))
+        assert all(frame_sub == sub for frame_sub in subs)
+
+
+async def test_a_commit_bigger_than_the_buffer_reaches_a_subscriber_that_keeps_up() -> None:
+    async with serving(subscription_buffer=4, max_pending=2) as served, connect(served) as client:
+        info = await client.ok("submit", name="emit", input={"count": 300, "start_gate": "go"})
+        await served.gates.wait_entered("go")
+        sub = (await client.ok("subscribe", task_id=info["id"]))["sub"]
+        served.gates.open("go")
+        events, last = await client.events(sub)
+        final = await served.rt.get(info["id"])
+        assert last == {"op": "end", "sub": sub}
+        assert seqs(events) == list(range(1, final.last_seq + 1))
+
+
 async def test_subscribe_without_a_task_sees_live_events_of_all_the_users_tasks() -> None:
     async with serving() as served, connect(served) as client:
         sub = (await client.ok("subscribe"))["sub"]
