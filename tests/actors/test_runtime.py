@@ -39,8 +39,12 @@ def ids(infos: list[actors.TaskInfo]) -> list[str]:
     return [info.id for info in infos]
 
 
-def gated_app(*, emits: int = 0) -> tuple[actors.App, trio.Event, trio.Event]:
-    """An app whose "gated" task waits for ``release``, emits, then returns its input."""
+def gated_app(
+    *, emits: int = 0, commit_every: int | None = None
+) -> tuple[actors.App, trio.Event, trio.Event]:
+    """An app whose "gated" task waits for ``release``, emits, then returns its
+    input; with ``commit_every``, a checkpoint after that many emits (so the
+    events commit in several batches instead of one)."""
     app = actors.App()
     started = trio.Event()
     release = trio.Event()
@@ -51,6 +55,8 @@ def gated_app(*, emits: int = 0) -> tuple[actors.App, trio.Event, trio.Event]:
         await release.wait()
         for i in range(emits):
             ctx.emit("tick", {"i": i})
+            if commit_every and i % commit_every == commit_every - 1:
+                await ctx.checkpoint(i)
         return request.input
 
     return app, started, release
@@ -366,7 +372,9 @@ async def test_every_event_a_subscriber_gets_is_already_in_history(
 async def test_a_subscriber_that_never_reads_slows_neither_the_task_nor_others(
     open_rt: OpenRuntime,
 ) -> None:
-    app, started, release = gated_app(emits=50)
+    # Commits of a few events each: a watch takes one batch whatever its size
+    # (the batch is shared, not copied), then overflows at its buffer.
+    app, started, release = gated_app(emits=50, commit_every=5)
     async with open_rt(app) as rt:
         info = await rt.submit("gated", None)
         await started.wait()
