@@ -509,8 +509,9 @@ class _Connection:
                     assert not isinstance(op.after, dict)
                     await self._watch_task(sub, op.task_id, op.after or 0, started)
                 else:
-                    assert not isinstance(op.after, int)
-                    await self._watch_all(sub, op.after or {}, started)
+                    # (the protocol lets an all-tasks subscription say after=0: nothing to replay)
+                    after = op.after if isinstance(op.after, dict) else {}
+                    await self._watch_all(sub, after, started)
             except RuntimeClosedError:
                 if not sub.started:
                     raise

@@ -250,6 +250,17 @@ async def test_subscribe_to_all_tasks_with_after_replays_the_named_tasks_first()
         assert frame["sub"] == sub and live[0]["task_id"] == new["id"] and live[0]["seq"] == 1
 
 
+async def test_subscribe_to_all_tasks_after_zero_is_live_events_only() -> None:
+    # The protocol accepts after=0 for all tasks (nothing to replay); the
+    # server once asserted an object there and replied "internal".
+    async with serving() as served, connect(served) as client:
+        sub = (await client.ok("subscribe", after=0))["sub"]
+        new = await client.ok("submit", name="echo", input=None)
+        frame = await client.frame()
+        live = frame["events"] if frame["op"] == "events" else [frame["event"]]
+        assert frame["sub"] == sub and live[0]["task_id"] == new["id"] and live[0]["seq"] == 1
+
+
 async def test_unsubscribe_stops_the_events_of_a_subscription() -> None:
     async with serving() as served, connect(served) as client:
         info = await client.ok("submit", name="gated", input=["u"])
