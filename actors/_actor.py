@@ -658,6 +658,10 @@ class TaskActor:
     async def deliver(self, message: Message) -> TaskInfo:
         """Handle a message (in the caller's task, under the actor's lock).
 
+        Cancellation: while waiting for the lock, the message is withdrawn;
+        once its handling began, it is finished whatever the caller does (as
+        a mailbox would), and the caller sees the cancellation after.
+
         Raises:
             ActorGone: the actor stopped before it got to the message.
             ActorStoppedError: the task moved to another owner meanwhile.
@@ -667,12 +671,13 @@ class TaskActor:
             if self._stopped:
                 raise ActorGone(f"the actor of task {self.task_id} stopped")
             try:
-                if isinstance(message, SendInput):
-                    await self._on_input(message.input)
-                elif isinstance(message, CancelTask):
-                    await self._on_cancel(message.reason)
-                else:
-                    await self._on_signal(message.signal)
+                with trio.CancelScope(shield=True):
+                    if isinstance(message, SendInput):
+                        await self._on_input(message.input)
+                    elif isinstance(message, CancelTask):
+                        await self._on_cancel(message.reason)
+                    else:
+                        await self._on_signal(message.signal)
             except (OwnershipLostError, _Superseded) as exc:
                 # The actor's own task sees _lost and ends; callers must not wait for it.
                 self._end_run()

@@ -15,7 +15,7 @@ runtime's clock) comes with every call that needs it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ._commands import Command
 from ._records import (
@@ -121,3 +121,20 @@ class Backend(Protocol):
     def list_nodes(self, now: float) -> list[NodeRecord]:
         """Nodes whose lease holds at now."""
         ...
+
+
+@runtime_checkable
+class PlanningBackend(Protocol):
+    """A blocking backend that can split ``apply`` in two (SQLite).
+
+    ``plan`` decides a batch in the caller's thread from what the backend
+    holds in memory (None: it cannot; call ``apply``); ``execute_plan`` then
+    writes it, in the worker thread, and returns the outcomes (re-deciding
+    from the database itself if the plan went stale). The storage actor uses
+    it so that deciding, which is Python, runs in trio, and only the writing,
+    which lets go of the GIL, runs beside it.
+    """
+
+    def plan(self, commands: Sequence[Command], now: float) -> Any: ...
+
+    def execute_plan(self, plan: Any, commands: Sequence[Command], now: float) -> list[object]: ...

@@ -408,29 +408,86 @@ class SQLiteBackend:
         if not commands:
             return []
         with self._write_lock, self._mapped(f"write a batch of {len(commands)} commands to"):
+            return self._apply_locked(commands, now, None)
+
+    def plan(self, commands: Sequence[Command], now: float) -> WriteBatch | None:
+        """Decide a batch on the rows this writer holds, without the database.
+
+        For the storage actor, which calls it from trio and hands the plan to
+        ``execute_plan`` in its worker thread: deciding is Python that needs
+        the GIL, writing is SQLite that lets go of it, so the writer thread
+        no longer competes with trio for the GIL (issue #5). None when the
+        batch needs the database to decide (see ``WriteBatch.plan``); then
+        ``apply`` it. Nothing is written until ``execute_plan``.
+        """
+        with self._write_lock:
+            if self._writer is None or not commands:
+                return None
+            batch = WriteBatch(None, now, self._rows)
+            try:
+                outcomes = batch.plan(commands, StorageError)
+            except BaseException:
+                self._rows.clear()  # a bug: whatever it changed is suspect
+                raise
+            if outcomes is None:
+                return None
+            batch.outcomes = outcomes
+            return batch
+
+    def execute_plan(
+        self, batch: WriteBatch, commands: Sequence[Command], now: float
+    ) -> list[object]:
+        """Write a planned batch in one transaction; its outcomes.
+
+        If another connection wrote since the plan was made, or a new task's
+        id existed after all, the plan is dropped and the batch applied the
+        long way (``apply``), in the same call. Raises as ``apply`` does.
+        """
+        with self._write_lock, self._mapped(f"write a batch of {len(commands)} commands to"):
+            return self._apply_locked(commands, now, batch)
+
+    def _apply_locked(
+        self, commands: Sequence[Command], now: float, planned: WriteBatch | None
+    ) -> list[object]:
+        committed = False
+        try:
             connection = self._writer_connection()
             if connection.in_transaction:
                 connection.rollback()  # left open by a batch whose rollback failed
             connection.execute("BEGIN IMMEDIATE")
-            committed = False
-            try:
-                # Another connection (another process) committed since our
-                # last batch: the rows we keep may be stale.
-                (version,) = connection.execute("PRAGMA data_version").fetchone()
-                if version != self._data_version:
+            # Another connection (another process) committed since our
+            # last batch: the rows we keep may be stale.
+            (version,) = connection.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:
+                self._rows.clear()
+                self._data_version = version
+                planned = None  # decided on stale rows
+            batch = planned
+            if batch is not None:
+                batch.connection = connection
+                try:
+                    batch.write()
+                    outcomes = batch.outcomes
+                except sqlite3.IntegrityError:
+                    # A "new" task existed: decide again, from the database.
+                    connection.rollback()
+                    connection.execute("BEGIN IMMEDIATE")
                     self._rows.clear()
-                    self._data_version = version
+                    batch = None
+            if batch is None:
                 batch = WriteBatch(connection, now, self._rows)
                 outcomes = self._apply_batch(batch, commands)
-                connection.execute("COMMIT")
-                committed = True
-            finally:
-                if not committed:
-                    self._rows.clear()  # the batch changed them in place
-                    _rollback_quietly(connection)
-            batch.forget_finished()
-            if len(self._rows) > self.max_cached_rows:
+            connection.execute("COMMIT")
+            committed = True
+        finally:
+            if not committed:
+                # The batch (or its plan, made before) changed them in place.
                 self._rows.clear()
+                if self._writer is not None:
+                    _rollback_quietly(self._writer)
+        batch.forget_finished()
+        if len(self._rows) > self.max_cached_rows:
+            self._rows.clear()
         return outcomes
 
     def _apply_batch(self, batch: WriteBatch, commands: Sequence[Command]) -> list[object]:

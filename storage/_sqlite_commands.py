@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, assert_never
@@ -99,7 +100,7 @@ LAST_SEQ, DONE, TOTAL, ERROR = (
 #: Columns a write may change (the others are set once, when the task is created).
 _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_expires", "epoch")
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
-_MUTABLE_AT = [_AT[name] for name in _MUTABLE]
+_mutable = operator.itemgetter(*(_AT[name] for name in _MUTABLE))
 _REAL_AT = TASKS.reals
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 
@@ -187,7 +188,7 @@ class WriteBatch:
     """One batch of commands on the writer connection; see the module docstring."""
 
     def __init__(
-        self, connection: sqlite3.Connection, now: float, rows: dict[str, list[Any]]
+        self, connection: sqlite3.Connection | None, now: float, rows: dict[str, list[Any]]
     ) -> None:
         self.connection = connection
         self.now = now
@@ -205,19 +206,62 @@ class WriteBatch:
         self.journal: list[tuple[Any, ...]] = []
         self.results: list[tuple[str, str]] = []
         self.usage: list[tuple[Any, ...]] = []
+        #: The outcomes a plan decided (see ``plan``).
+        self.outcomes: list[object] = []
 
     def apply(self, commands: Sequence[Command], refused: type[Exception]) -> list[object]:
         """Apply commands in order; one outcome each (an instance of ``refused``
         raised by a command becomes its outcome). Writes everything at the end."""
         self._load(_task_ids(commands))
+        outcomes = self._decide(commands, refused)
+        self.write()
+        return outcomes
+
+    def plan(self, commands: Sequence[Command], refused: type[Exception]) -> list[object] | None:
+        """Decide a batch on the rows held in memory alone, without the database.
+
+        Returns the outcomes (the rows are then changed, and ``write`` must
+        follow in a transaction), or None, changing nothing, when a command
+        needs the database to decide: a task that is not held, an inbox, a
+        rollback, an exception record, or any other kind of command. A new
+        task is assumed new; ``write`` fails with ``sqlite3.IntegrityError``
+        if its id existed after all.
+        """
+        known = self.rows
+        created: set[str] = set()
+        for command in commands:
+            if isinstance(command, CreateTask):
+                created.add(command.record.id)
+            elif isinstance(command, TaskWrite):
+                if not (command.task_id in known or command.task_id in created):
+                    return None
+                if (
+                    command.inbox_add
+                    or command.inbox_consume
+                    or command.inbox_clear
+                    or command.discard_run is not None
+                    or command.exception is not None
+                ):
+                    return None
+            elif isinstance(command, (ClaimTask, UpdateStatus)):
+                if not (command.task_id in known or command.task_id in created):
+                    return None
+            else:
+                return None
+        return self._decide(commands, refused)
+
+    def write(self) -> None:
+        """Write what the decisions collected (inside the batch's transaction)."""
+        self._write_tasks()
+        self._write_rows()
+
+    def _decide(self, commands: Sequence[Command], refused: type[Exception]) -> list[object]:
         outcomes: list[object] = []
         for command in commands:
             try:
                 outcomes.append(self._one(command))
             except refused as exc:
                 outcomes.append(exc)
-        self._write_tasks()
-        self._write_rows()
         return outcomes
 
     # -- rows ------------------------------------------------------------------
@@ -225,7 +269,7 @@ class WriteBatch:
         ids = [task_id for task_id in ids if task_id not in self.rows]
         if not ids:
             return
-        (text,) = self.connection.execute(_LOAD, (json.dumps(ids),)).fetchone()
+        (text,) = self._db.execute(_LOAD, (json.dumps(ids),)).fetchone()
         for row in json.loads(text):
             for position in _REAL_AT:
                 if row[position] is not None:
@@ -233,9 +277,17 @@ class WriteBatch:
             self.rows[row[ID]] = row
         self.missing.update(task_id for task_id in ids if task_id not in self.rows)
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        # Only a batch applied in its transaction has one; a plan never asks.
+        assert self.connection is not None, "a planned batch touched the database"
+        return self.connection
+
     def _row(self, task_id: str) -> list[Any] | None:
         row = self.rows.get(task_id)
         if row is None and task_id not in self.missing:
+            if self.connection is None:
+                return None  # planning: a task created by this batch, not held yet
             found = self.connection.execute(_SELECT_TASK, (task_id,)).fetchone()
             if found is None:
                 self.missing.add(task_id)
@@ -261,16 +313,14 @@ class WriteBatch:
         """Write the created and changed tasks back, and forget which they were."""
         rows = self.rows
         if self.created:
-            write_rows(
-                self.connection, _INSERT_TASKS, len(_FIELDS), [rows[i] for i in self.created]
-            )
+            write_rows(self._db, _INSERT_TASKS, len(_FIELDS), [rows[i] for i in self.created])
         changed = [i for i in self.changed if i not in self.created]
         if changed:
             write_rows(
-                self.connection,
+                self._db,
                 _UPDATE_TASKS,
                 1 + len(_MUTABLE),
-                [[i, *(rows[i][position] for position in _MUTABLE_AT)] for i in changed],
+                [(i, *_mutable(rows[i])) for i in changed],
             )
         self.touched.update(self.created)
         self.touched.update(self.changed)
@@ -278,7 +328,7 @@ class WriteBatch:
         self.changed = {}
 
     def _write_rows(self) -> None:
-        connection = self.connection
+        connection = self._db
         if self.events:
             write_rows(
                 connection,
@@ -307,14 +357,17 @@ class WriteBatch:
 
     # -- commands ----------------------------------------------------------------
     def _one(self, command: Command) -> object:
-        connection, now = self.connection, self.now
+        # The commands a plan may hold decide on the rows alone.
+        if isinstance(command, TaskWrite):
+            return self._task_write(command)
+        if isinstance(command, CreateTask):
+            return self._create_task(command)
+        if isinstance(command, ClaimTask):
+            return self._claim_task(command)
+        if isinstance(command, UpdateStatus):
+            return self._update_status(command)
+        connection, now = self._db, self.now
         match command:
-            case TaskWrite():
-                return self._task_write(command)
-            case CreateTask():
-                return self._create_task(command)
-            case ClaimTask():
-                return self._claim_task(command)
             case RenewLeases():
                 self._write_tasks()
                 self.rows.clear()
@@ -347,8 +400,6 @@ class WriteBatch:
             case RemoveNode():
                 connection.execute("DELETE FROM nodes WHERE node_id = ?", (command.node_id,))
                 return None
-            case UpdateStatus():
-                return self._update_status(command)
             case SetKeyState():
                 _set_key_state(connection, command.key, command.state, command.ttl, now)
                 return None
@@ -375,6 +426,8 @@ class WriteBatch:
                     (command.workflow_id, command.key, command.value),
                 )
                 return None
+            case TaskWrite() | CreateTask() | ClaimTask() | UpdateStatus():
+                raise AssertionError("decided above")
             case _:
                 assert_never(command)
 
@@ -423,31 +476,38 @@ class WriteBatch:
             row[OWNER] = row[LEASE] = None
         self.changed[task_id] = None
 
-        connection = self.connection
         if write.discard_run is not None:
             run = write.discard_run
             self.journal = [j for j in self.journal if not (j[0] == task_id and j[5] == run)]
-            connection.execute("DELETE FROM journal WHERE task_id = ? AND run = ?", (task_id, run))
+            self._db.execute("DELETE FROM journal WHERE task_id = ? AND run = ?", (task_id, run))
         for item in write.journal:
             self.journal.append(
                 (task_id, item.index, item.kind, item.name, item.value, item.run, now)
             )
 
         # Removals first: the items this write adds survive its own inbox_clear.
-        if write.inbox_clear:
-            connection.execute("DELETE FROM inbox WHERE task_id = ?", (task_id,))
-        for item_id in write.inbox_consume:
-            connection.execute("DELETE FROM inbox WHERE task_id = ? AND id = ?", (task_id, item_id))
-        inbox_ids = tuple(_add_to_inbox(connection, task_id, text, now) for text in write.inbox_add)
+        inbox_ids: tuple[int, ...] = ()
+        if write.inbox_clear or write.inbox_consume or write.inbox_add:
+            inbox_ids = self._inbox(write)
 
         if write.result is not None:
             self.results.append((task_id, write.result))
         if write.exception is not None:
-            connection.execute(_UPSERT_EXCEPTION, (task_id, *EXCEPTIONS.to_row(write.exception)))
+            self._db.execute(_UPSERT_EXCEPTION, (task_id, *EXCEPTIONS.to_row(write.exception)))
         # A usage report belongs to the task the write names, whatever it says.
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
         return TaskWriteResult(TASKS.from_row(row), events, inbox_ids)
+
+    def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
+        """A write's inbox changes: removals first (the items it adds survive
+        its own inbox_clear); the ids given to the added items."""
+        connection, task_id = self._db, write.task_id
+        if write.inbox_clear:
+            connection.execute("DELETE FROM inbox WHERE task_id = ?", (task_id,))
+        for item_id in write.inbox_consume:
+            connection.execute("DELETE FROM inbox WHERE task_id = ? AND id = ?", (task_id, item_id))
+        return tuple(_add_to_inbox(connection, task_id, text, self.now) for text in write.inbox_add)
 
     def _claim_task(self, command: ClaimTask) -> TaskRecord:
         row = self._require(command.task_id)

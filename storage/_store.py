@@ -117,8 +117,15 @@ class Store:
         """
         return await self._writer.execute(command)
 
-    def execute_nowait(self, command: Command) -> PendingWrite:
-        """Queue a command without waiting (its order among writes is kept)."""
+    def execute_nowait(self, command: Command, *, urgent: bool = False) -> PendingWrite:
+        """Queue a command without waiting (its order among writes is kept).
+
+        ``urgent`` puts it ahead of every write waiting (and behind earlier
+        urgent ones): for commands whose effect does not depend on what waits,
+        such as claims and lease renewals.
+        """
+        if urgent:
+            return self._writer.submit_urgent(command)
         return self._writer.submit_nowait(command)
 
     def open_draft(

@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Backend
+from ._backend import Backend, PlanningBackend
 from ._clock import Clock
 from ._commands import Command, CreateResult, JournalWrite, TaskWrite, TaskWriteResult
 from ._errors import BackendUnavailableError, StorageClosedError, StorageError
@@ -265,7 +265,7 @@ class StorageActor:
         backend: Backend,
         clock: Clock,
         *,
-        max_batch: int = 2048,
+        max_batch: int = 4096,
         max_rows: int = 50_000,
         threads: bool = True,
     ) -> None:
@@ -274,6 +274,8 @@ class StorageActor:
         self._clock = clock
         self._max_batch = max_batch
         self._max_rows = max_rows
+        #: A queue this long or shorter is taken whole.
+        self._min_split = 128
         self._queue: collections.deque[PendingWrite] = collections.deque()
         self._urgent: collections.deque[PendingWrite] = collections.deque()
         self._sleeping: trio.lowlevel.Task | None = None
@@ -350,10 +352,16 @@ class StorageActor:
                 trio.lowlevel.reschedule(sleeping)
 
     def _next_batch(self) -> list[PendingWrite]:
+        # Half of a long queue, not all of it. Writers woken by one batch
+        # queue their next writes together; a batch that took them all would
+        # leave trio idle while it is written, then the writer idle while
+        # trio wakes them. Two halves take turns instead: trio handles one
+        # while the other is written (issue #5: about +10% at 10,000 tasks).
+        most = min(self._max_batch, max(self._min_split, (self.queued + 1) // 2))
         batch: list[PendingWrite] = []
         rows = 0
         for queue in (self._urgent, self._queue):
-            while queue and len(batch) < self._max_batch and rows < self._max_rows:
+            while queue and len(batch) < most and rows < self._max_rows:
                 pending = queue.popleft()
                 if isinstance(pending, TaskDraft):
                     rows += len(pending.events)
@@ -422,6 +430,13 @@ class StorageActor:
         now = self._clock.now()
         try:
             if self._threaded:
+                backend = self._backend
+                if isinstance(backend, PlanningBackend):
+                    plan = backend.plan(commands, now)
+                    if plan is not None:
+                        return await trio.to_thread.run_sync(
+                            backend.execute_plan, plan, commands, now, limiter=self._limiter
+                        )
                 return await trio.to_thread.run_sync(
                     self._backend.apply, commands, now, limiter=self._limiter
                 )
