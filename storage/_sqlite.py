@@ -599,22 +599,7 @@ class SQLiteBackend:
 
     def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
         """The journals of many tasks (one query per few thousand tasks)."""
-        journals: dict[str, list[JournalEntry]] = {task_id: [] for task_id in task_ids}
-
-        def query(connection: sqlite3.Connection, chunk: Sequence[str]) -> None:
-            for entry in _select(
-                connection,
-                JOURNAL,
-                f"SELECT {JOURNAL.columns} FROM journal"
-                ' WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, "index"',
-                (json.dumps(chunk),),
-            ):
-                journals[entry.task_id].append(entry)
-
-        self._read_chunks(query, task_ids)
-        for entries in journals.values():
-            entries.sort(key=_index)
-        return journals
+        return self._by_task(JOURNAL, "journal", '"index"', _index, task_ids)
 
     def list_inbox(self, task_id: str) -> list[InboxItem]:
         """Inbox items in id order."""
@@ -622,27 +607,34 @@ class SQLiteBackend:
 
     def list_inboxes(self, task_ids: Sequence[str]) -> dict[str, list[InboxItem]]:
         """The inboxes of many tasks (one query per few thousand tasks)."""
-        inboxes: dict[str, list[InboxItem]] = {task_id: [] for task_id in task_ids}
+        return self._by_task(_INBOX, "inbox", "id", _item_id, task_ids)
+
+    def _by_task(
+        self,
+        mapper: RowMapper[R],
+        table: str,
+        order: str,
+        key: Callable[[R], int],
+        task_ids: Sequence[str],
+    ) -> dict[str, list[R]]:
+        """The rows of ``table`` of each task, sorted by ``key`` (every id maps
+        to a list, maybe empty): one query per _IDS_PER_QUERY distinct ids."""
+        found: dict[str, list[R]] = {task_id: [] for task_id in task_ids}
+        sql = (
+            f"SELECT {mapper.columns} FROM {table}"
+            f" WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, {order}"
+        )
 
         def query(connection: sqlite3.Connection, chunk: Sequence[str]) -> None:
-            for item in _select(
-                connection,
-                _INBOX,
-                f"SELECT {_INBOX.columns} FROM inbox"
-                " WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (json.dumps(chunk),),
-            ):
-                inboxes[item.task_id].append(item)
+            for record in _select(connection, mapper, sql, (json.dumps(chunk),)):
+                found[record.task_id].append(record)  # type: ignore[attr-defined]
 
-        self._read_chunks(query, task_ids)
-        for items in inboxes.values():
-            items.sort(key=_item_id)
-        return inboxes
-
-    def _read_chunks(self, query: Callable[..., None], task_ids: Sequence[str]) -> None:
-        unique = list(dict.fromkeys(task_ids))
+        unique = list(found)
         for start in range(0, len(unique), _IDS_PER_QUERY):
             self._read(functools.partial(query, chunk=unique[start : start + _IDS_PER_QUERY]))
+        for records in found.values():
+            records.sort(key=key)
+        return found
 
     # -- reads: keyed state, workflow data, deterministic values -----------------------
     def get_key_state(self, key: str, now: float) -> str | None:
