@@ -4,11 +4,15 @@ Theory of operation
 -------------------
 Writers put a ``PendingWrite`` in the actor's queue (``submit_nowait``: it
 never blocks, so a sync caller such as ``ctx.emit`` can write; the order of
-the calls is the order of the writes). The actor takes everything waiting
-(up to ``max_batch`` commands or about ``max_rows`` events) and hands the
-batch to ``backend.apply`` as one transaction: in the actor's worker thread
-for a blocking backend (one wake-up back into trio per batch), inline for
-the memory backend. When ``apply`` returns, the batch is durable: the actor
+the calls is the order of the writes). The actor takes what is waiting (all of
+a short queue, half of a long one: see ``_next_batch``; at most
+``max_batch`` commands or about ``max_rows`` events) and hands the batch to
+the backend as one transaction: in the actor's worker thread for a blocking
+backend (one wake-up back into trio per batch), inline for the memory
+backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
+batch in trio first and only writes it in the thread, so the writer thread
+holds the GIL for little more than binding its parameters. When the batch
+returns, it is durable: the actor
 first tells the commit listeners (so subscribers see committed events, in
 commit order, and only those), then resolves every write of the batch in
 order (outcome callbacks run right then, in commit order), then wakes the
@@ -21,8 +25,9 @@ and seals it. So a task that emits a thousand events while the writer is
 busy costs one command, not a thousand: coalescing happens exactly when
 the store falls behind (issue #5).
 
-Urgent writes (``submit_urgent``: lease renewals) go before everything
-queued, so a long backlog never lets the node's leases lapse.
+Urgent writes (``submit_urgent``: lease renewals, the claims of a scan) go
+before everything queued, so a long backlog never lets the node's leases
+lapse, nor delays the tasks a restart resumes.
 
 A write that is queued is always applied, even if its caller is cancelled
 while waiting: ``wait`` is not interruptible (the wait is short: one batch),
