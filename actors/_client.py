@@ -59,7 +59,6 @@ from ._client_errors import (
     connect_error,
     error_from_reply,
 )
-from ._messages import Reply
 from ._subscriptions import Json, Subscription, Watcher, is_terminal
 
 __all__ = [
@@ -106,6 +105,38 @@ def _parse_url(url: str) -> tuple[str, int, str, bool]:
 
 
 # -- one connection --------------------------------------------------------------------------
+class Reply:
+    """A one-shot answer slot: the connection's reader resolves it, the caller
+    waits on it; if the connection fails first, the caller gets its error."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def resolve(self, value: Any = None) -> None:
+        if not self._done.is_set():
+            self._value = value
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class _Slot(Reply):
     """Where a reply lands for the caller waiting on it (a one-shot Reply)."""
 

@@ -1,4 +1,4 @@
-"""Messages a task actor handles, the public Request/Signal, and the Reply slot."""
+"""Messages a task actor handles, and the public Request and Signal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import enum
 from typing import Any
 
 import attrs
-import trio
 
 
 class Signal(enum.Enum):
@@ -27,40 +26,6 @@ class Request:
     input: Any
     #: Run number: 1 for the submitted input, then one more per new run.
     run: int = 1
-
-
-class Reply:
-    """A one-shot answer slot: the actor resolves it, the caller waits on it.
-
-    If the actor stops first, the caller gets ActorStoppedError (never a hang).
-    """
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def resolve(self, value: Any = None) -> None:
-        if not self._done.is_set():
-            self._value = value
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 @attrs.frozen
