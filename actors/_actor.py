@@ -190,11 +190,6 @@ class TaskActor:
     def run(self) -> int:
         return self.record.run
 
-    @property
-    def stopped(self) -> bool:
-        """Whether this actor ended (a message must revive the task)."""
-        return self._stopped
-
     def info(self) -> TaskInfo:
         return TaskInfo.from_record(self.record)
 

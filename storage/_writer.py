@@ -64,17 +64,15 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 class PendingWrite:
     """A queued command and, once its batch is applied, its outcome."""
 
-    __slots__ = ("_command", "_outcome", "_waiters", "on_error", "on_outcome")
+    __slots__ = ("_command", "_outcome", "_waiters", "on_outcome")
 
     def __init__(self, command: Command | None) -> None:
         self._command = command
         self._outcome: object = _NOT_DONE
         self._waiters: trio.lowlevel.Task | list[trio.lowlevel.Task] | None = None
-        #: Called with the StorageError if the write is refused or fails
-        #: (lets a fire-and-forget writer learn of it without keeping the write).
-        self.on_error: Callable[[StorageError], None] | None = None
         #: Called with the outcome (result or StorageError) when the batch is
-        #: applied, in commit order, before any waiter wakes.
+        #: applied, in commit order, before any waiter wakes: how a
+        #: fire-and-forget writer learns of it without keeping the write.
         self.on_outcome: Callable[[object], None] | None = None
 
     @property
@@ -90,8 +88,6 @@ class PendingWrite:
         self._outcome = outcome
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        if self.on_error is not None and isinstance(outcome, StorageError):
-            self.on_error(outcome)
         waiters, self._waiters = self._waiters, None
         if waiters is None:
             return
