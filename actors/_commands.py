@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ._client import Client, Json, open_client
-from ._display import Display, age, bar, clip, compact, event_line, table
+from ._display import Display, age, bar, clip, compact, event_line, short_id, table
 
 #: Exit statuses of ``watch`` (and ``submit --watch``) by the task's final state.
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED, EXIT_OTHER = 0, 1, 2, 3
@@ -143,7 +143,7 @@ async def watch_task(
     reached = False
 
     def draw(redraw: bool = True) -> None:
-        display.row(task_id, f"{name} {task_id[:8]}  {progress:<32} {state}", redraw=redraw)
+        display.row(task_id, f"{name} {short_id(task_id)}  {progress:<32} {state}", redraw=redraw)
 
     draw()
     async with client.watch(task_id, after=after) as events:

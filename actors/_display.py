@@ -30,6 +30,13 @@ _STATE_COLOURS = {
 }
 
 
+def short_id(task_id: str) -> str:
+    """A task id cut to 8 characters for people: its end. Generated ids are
+    UUIDv7, whose first digits are the creation time, the same for tasks made
+    together; their last digits are random (a child's id ends in its index)."""
+    return task_id[-8:]
+
+
 def clip(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters (with an ellipsis when cut)."""
     if width <= 1 or len(text) <= width:

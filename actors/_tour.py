@@ -24,7 +24,7 @@ import trio
 
 from ._client import Client, ClientError, InvalidTransitionError, Json, NotFoundError, open_client
 from ._demo import demo_app
-from ._display import Display, bar, describe, table
+from ._display import Display, bar, describe, short_id, table
 from ._runtime import open_runtime
 from ._server import serve_websocket
 
@@ -74,7 +74,7 @@ class Tour:
         await trio.sleep(seconds / self.speed)
 
     def say(self, scene: Scene, text: str) -> None:
-        self.display.line(f"{scene.name:<9}{scene.task_id[:8]}  >> {text}")
+        self.display.line(f"{scene.name:<9}{short_id(scene.task_id)}  >> {text}")
 
     async def act(self, scene: Scene, what: str, call: Awaitable[Json]) -> None:
         """Make a request for a scene; a refusal is shown, not fatal."""
@@ -129,7 +129,7 @@ class Tour:
                 self.draw(scene, redraw=not shown)
                 if shown:
                     self.display.line(
-                        f"{scene.name:<9}{scene.task_id[:8]}  #{event['seq']:<3} "
+                        f"{scene.name:<9}{short_id(scene.task_id)}  #{event['seq']:<3} "
                         f"{event['kind']:<15} {describe(event)}"
                     )
                 if scene.react is not None:
@@ -194,7 +194,7 @@ async def _tidy(client: Client, out: TextIO) -> None:
         try:
             await client.cancel(info["id"], reason="left by an earlier demo run")
         except ClientError as exc:
-            print(f"could not cancel {info['name']} {info['id'][:8]}: {exc}", file=out)
+            print(f"could not cancel {info['name']} {short_id(info['id'])}: {exc}", file=out)
         else:
             cancelled += 1
     if cancelled:
@@ -212,7 +212,7 @@ def _summary(tour: Tour, infos: list[Json], usage: Json) -> str:
         rows.append(
             [
                 scene.name,
-                info["id"][:8],
+                short_id(info["id"]),
                 scene.label,
                 info["state"],
                 scene.steps,
@@ -224,7 +224,7 @@ def _summary(tour: Tour, infos: list[Json], usage: Json) -> str:
     lines = ["", "summary", table(headers, rows), ""]
     for scene, info in zip(tour.scenes, infos, strict=True):
         if info.get("error"):
-            lines.append(f"{scene.name} {info['id'][:8]} failed: {info['error']}")
+            lines.append(f"{scene.name} {short_id(info['id'])} failed: {info['error']}")
     by_model = ", ".join(
         f"{model} {figures['tokens']}" for model, figures in sorted(usage["by_model"].items())
     )
