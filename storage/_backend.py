@@ -127,14 +127,20 @@ class Backend(Protocol):
 class PlanningBackend(Protocol):
     """A blocking backend that can split ``apply`` in two (SQLite).
 
-    ``plan`` decides a batch in the caller's thread from what the backend
-    holds in memory (None: it cannot; call ``apply``); ``execute_plan`` then
-    writes it, in the worker thread, and returns the outcomes (re-deciding
-    from the database itself if the plan went stale). The storage actor uses
-    it so that deciding, which is Python, runs in trio, and only the writing,
-    which lets go of the GIL, runs beside it.
+    ``plan`` makes a plan for a batch from what the backend holds in memory
+    (None: it cannot; call ``apply``); ``decide`` decides its commands, a
+    slice at a time, in the caller's thread; ``execute_plan`` then writes it,
+    in the worker thread, and returns the outcomes (deciding again from the
+    database itself if the plan went stale). A plan that will not be executed
+    is given back with ``abandon``. The storage actor uses it so that
+    deciding, which is Python, runs in trio (between checkpoints), and only
+    the writing, which lets go of the GIL, runs beside it.
     """
 
     def plan(self, commands: Sequence[Command], now: float) -> Any: ...
+
+    def decide(self, plan: Any, commands: Sequence[Command]) -> None: ...
+
+    def abandon(self, plan: Any) -> None: ...
 
     def execute_plan(self, plan: Any, commands: Sequence[Command], now: float) -> list[object]: ...

@@ -411,28 +411,35 @@ class SQLiteBackend:
             return self._apply_locked(commands, now, None)
 
     def plan(self, commands: Sequence[Command], now: float) -> WriteBatch | None:
-        """Decide a batch on the rows this writer holds, without the database.
+        """A plan for a batch, to decide on the rows this writer holds.
 
-        For the storage actor, which calls it from trio and hands the plan to
-        ``execute_plan`` in its worker thread: deciding is Python that needs
-        the GIL, writing is SQLite that lets go of it, so the writer thread
-        no longer competes with trio for the GIL (issue #5). None when the
-        batch needs the database to decide (see ``WriteBatch.plan``); then
-        ``apply`` it. Nothing is written until ``execute_plan``.
+        For the storage actor, which decides the plan from trio (``decide``,
+        a slice at a time) and hands it to ``execute_plan`` in its worker
+        thread: deciding is Python that needs the GIL, writing is SQLite that
+        lets go of it, so the writer thread no longer competes with trio for
+        the GIL (issue #5). None when the batch needs the database to decide
+        (see ``WriteBatch.plannable``); then ``apply`` it. Nothing is written
+        until ``execute_plan``.
         """
         with self._write_lock:
             if self._writer is None or not commands:
                 return None
             batch = WriteBatch(None, now, self._rows)
+            return batch if batch.plannable(commands) else None
+
+    def decide(self, batch: WriteBatch, commands: Sequence[Command]) -> None:
+        """Decide the next commands of a plan (see ``plan``)."""
+        with self._write_lock:
             try:
-                outcomes = batch.plan(commands, StorageError)
+                batch.decide(commands, StorageError)
             except BaseException:
                 self._rows.clear()  # a bug: whatever it changed is suspect
                 raise
-            if outcomes is None:
-                return None
-            batch.outcomes = outcomes
-            return batch
+
+    def abandon(self, batch: WriteBatch) -> None:
+        """Drop a plan that will not be executed (its decisions changed the rows)."""
+        with self._write_lock:
+            self._rows.clear()
 
     def execute_plan(
         self, batch: WriteBatch, commands: Sequence[Command], now: float

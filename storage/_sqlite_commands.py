@@ -217,13 +217,12 @@ class WriteBatch:
         self.write()
         return outcomes
 
-    def plan(self, commands: Sequence[Command], refused: type[Exception]) -> list[object] | None:
-        """Decide a batch on the rows held in memory alone, without the database.
+    def plannable(self, commands: Sequence[Command]) -> bool:
+        """Whether the batch can be decided on the rows held in memory alone.
 
-        Returns the outcomes (the rows are then changed, and ``write`` must
-        follow in a transaction), or None, changing nothing, when a command
-        needs the database to decide: a task that is not held, an inbox, a
-        rollback, an exception record, or any other kind of command. A new
+        Not when a command needs the database to decide: a task that is not
+        held, an inbox, a rollback, an exception record, or any other kind of
+        command than task writes, creates, claims and status updates. A new
         task is assumed new; ``write`` fails with ``sqlite3.IntegrityError``
         if its id existed after all.
         """
@@ -234,7 +233,7 @@ class WriteBatch:
                 created.add(command.record.id)
             elif isinstance(command, TaskWrite):
                 if not (command.task_id in known or command.task_id in created):
-                    return None
+                    return False
                 if (
                     command.inbox_add
                     or command.inbox_consume
@@ -242,13 +241,19 @@ class WriteBatch:
                     or command.discard_run is not None
                     or command.exception is not None
                 ):
-                    return None
+                    return False
             elif isinstance(command, (ClaimTask, UpdateStatus)):
                 if not (command.task_id in known or command.task_id in created):
-                    return None
+                    return False
             else:
-                return None
-        return self._decide(commands, refused)
+                return False
+        return True
+
+    def decide(self, commands: Sequence[Command], refused: type[Exception]) -> None:
+        """Decide commands (the next ones of a plannable batch) on the rows
+        held; their outcomes go to ``outcomes``. The rows change: ``write``
+        must follow in a transaction, or the rows be dropped."""
+        self.outcomes.extend(self._decide(commands, refused))
 
     def write(self) -> None:
         """Write what the decisions collected (inside the batch's transaction)."""

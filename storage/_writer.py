@@ -55,6 +55,8 @@ log = logging.getLogger("taskactors.storage")
 CommitListener = Callable[[Sequence[StoredEvent]], None]
 
 _NOT_DONE: Any = object()
+#: Commands a planning backend decides between two checkpoints (a few ms).
+_DECIDE_SLICE = 512
 
 
 def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
@@ -435,6 +437,7 @@ class StorageActor:
                 if isinstance(backend, PlanningBackend):
                     plan = backend.plan(commands, now)
                     if plan is not None:
+                        await self._decide(backend, plan, commands)
                         return await trio.to_thread.run_sync(
                             backend.execute_plan, plan, commands, now, limiter=self._limiter
                         )
@@ -448,6 +451,20 @@ class StorageActor:
             error = BackendUnavailableError(f"batch of {len(commands)} writes failed: {exc!r}")
             error.__cause__ = exc
             return [error] * len(commands)
+
+    async def _decide(
+        self, backend: PlanningBackend, plan: object, commands: list[Command]
+    ) -> None:
+        """Decide a plan in slices, letting trio run between them: a batch of
+        thousands of commands never holds the event loop for long."""
+        try:
+            for start in range(0, len(commands), _DECIDE_SLICE):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                backend.decide(plan, commands[start : start + _DECIDE_SLICE])
+        except BaseException:
+            backend.abandon(plan)  # cancelled (or a bug) half-way: drop what it decided
+            raise
 
     def _finish(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
         self.batches += 1

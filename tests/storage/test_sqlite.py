@@ -595,6 +595,8 @@ def test_a_plan_decides_as_apply_would(path: Path, tmp_path: Path) -> None:
         ]
         plan = planned.plan(batch, NOW + 1)
         assert plan is not None
+        planned.decide(plan, batch[:3])
+        planned.decide(plan, batch[3:])
         assert planned.read_events("t") == []  # nothing written before execute_plan
         outcomes = planned.execute_plan(plan, batch, NOW + 1)
         expected = applied.apply(batch, NOW + 1)
@@ -625,6 +627,7 @@ def test_a_plan_made_stale_by_another_connection_is_decided_again(path: Path) ->
         batch: list[Command] = [TaskWrite("t", epoch=1, events=(NewEvent("mine"),))]
         plan = first.plan(batch, NOW)
         assert plan is not None
+        first.decide(plan, batch)
         second.apply([storage.ClaimTask("t", "m", NOW + 60, force=True)], NOW)
         [outcome] = first.execute_plan(plan, batch, NOW)
         assert isinstance(outcome, StaleEpochError)  # the plan said "written"
@@ -647,9 +650,23 @@ def test_a_planned_new_task_whose_id_exists_is_not_created_twice(path: Path) -> 
         batch: list[Command] = [CreateTask(_owned("t"), (NewEvent("mine"),))]
         plan = first.plan(batch, NOW)
         assert plan is not None
+        first.decide(plan, batch)
         [outcome] = first.execute_plan(plan, batch, NOW)
         assert isinstance(outcome, CreateResult) and not outcome.created
         assert [event.kind for event in first.read_events("t")] == ["theirs"]
     finally:
         first.close()
         second.close()
+
+
+def test_an_abandoned_plan_leaves_the_rows_as_the_database_has_them(
+    backend: SQLiteBackend,
+) -> None:
+    backend.apply([CreateTask(_owned("t"))], NOW)
+    batch: list[Command] = [TaskWrite("t", epoch=1, events=(NewEvent("never"),))]
+    plan = backend.plan(batch, NOW)
+    assert plan is not None
+    backend.decide(plan, batch)  # the rows now say one event more
+    backend.abandon(plan)
+    [written] = backend.apply([TaskWrite("t", epoch=1, events=(NewEvent("kept"),))], NOW)
+    assert isinstance(written, TaskWriteResult) and written.events[0].seq == 1
