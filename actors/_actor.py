@@ -294,6 +294,7 @@ class TaskActor:
         return scope is self._run_scope and not scope.cancel_called
 
     def emit_nowait(self, ctx: TaskContext, kind: str, data: Any) -> None:
+        # _queue without the part: ctx.emit in a loop is the hot path of scenario b.
         if self._live(ctx):
             try:
                 draft = self._draft_for(RUNNING)

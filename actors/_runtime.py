@@ -149,7 +149,12 @@ class Runtime:
         if task_id is None:
             # A fresh id: nobody can revive or submit this task meanwhile.
             return self._started(await self.store.put_task(record, (event,)), user_id)
-        async with self._starting_guard(task_id):
+        return await self._create(record, event, user_id)
+
+    async def _create(self, record: TaskRecord, event: NewEvent, user_id: str | None) -> TaskInfo:
+        """Create a task whose id its caller chose (guarded against a
+        concurrent revive or submit of that id) and start it."""
+        async with self._starting_guard(record.id):
             return self._started(await self.store.put_task(record, (event,)), user_id)
 
     async def _submit_child(
@@ -169,8 +174,7 @@ class Runtime:
         record, event = self._new_task(
             name, input, task_id, user_id, thread_id, metadata, strategy, parent_id, root_id
         )
-        async with self._starting_guard(task_id):
-            return self._started(await self.store.put_task(record, (event,)), user_id)
+        return await self._create(record, event, user_id)
 
     def _new_task(
         self,

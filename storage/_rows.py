@@ -75,12 +75,16 @@ class RowMapper(Generic[T]):
             row[position] = row[position].value
         return tuple(row)
 
-    def from_json_row(self, row: list[Any]) -> T:
-        """The record a ``json_array`` row holds (it is changed in place)."""
+    def read_reals(self, row: list[Any]) -> list[Any]:
+        """A ``json_array`` row with its REAL columns turned back into floats (in place)."""
         for position in self.reals:
             if row[position] is not None:
                 row[position] = float(row[position])
-        return self.from_row(row)
+        return row
+
+    def from_json_row(self, row: list[Any]) -> T:
+        """The record a ``json_array`` row holds (it is changed in place)."""
+        return self.from_row(self.read_reals(row))
 
     def from_row(self, row: Sequence[Any]) -> T:
         """The record a row holds."""

@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-Writes: one writer connection, made by ``open`` and used only by ``apply``,
-which the storage actor calls from its single worker thread, one batch at a
-time (a lock makes that an invariant rather than a hope, so
-``check_same_thread=False`` is safe). A batch is one ``BEGIN IMMEDIATE ...
+Writes: one writer connection, made by ``open`` and used only by ``apply``
+and ``execute_plan``, which the storage actor calls from its single worker
+thread, one batch at a time (a lock makes that an invariant rather than a
+hope, so ``check_same_thread=False`` is safe). The storage actor decides a
+batch in trio first when it can (``plan``, ``decide``), so the worker
+thread mostly runs SQL, which lets go of the GIL. A batch is one ``BEGIN IMMEDIATE ...
 COMMIT`` transaction: one fsync for everything in it (group commit), and a
 handful of statements whatever its size (``_sqlite_commands.WriteBatch``).
 A command refused with a ``StorageError`` has changed nothing: the error

@@ -5,8 +5,11 @@ Theory of operation
 ``WriteBatch.apply`` runs a whole batch inside the transaction that
 ``SQLiteBackend.apply`` opened, in three moves:
 
-1. *Load*: one query fetches every task the batch names, as one JSON text
-   (a single row).
+1. *Load*: the rows of the tasks the batch names. The backend keeps the
+   rows its last batches wrote (``rows``: valid while ``PRAGMA
+   data_version`` says no other connection wrote, dropped whole when a
+   batch fails); one query fetches the others, as one JSON text (a single
+   row).
 2. *Decide*: each command runs, in order, against those rows held in
    Python (a dict of lists, one per task), with the semantics of the
    docstrings in ``_commands.py`` that the in-memory reference backend and
@@ -29,6 +32,10 @@ statement per batch, a busy thread beside both).
 Values travel exactly: rows are written with bound parameters, and the
 REAL columns of loaded rows are printed with 18 significant digits, which
 round-trips every double (SQLite's JSON functions keep only 15).
+
+A batch whose every command can be decided on the rows held (``plannable``)
+may be decided outside the transaction, in trio (``decide``), and written
+later (``write``); see ``SQLiteBackend.plan``.
 
 Commands that act on a set of tasks by a predicate (renew and release the
 leases of a node) first write the changed tasks back, then run as plain
@@ -101,7 +108,6 @@ LAST_SEQ, DONE, TOTAL, ERROR = (
 _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_expires", "epoch")
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
 _mutable = operator.itemgetter(*(_AT[name] for name in _MUTABLE))
-_REAL_AT = TASKS.reals
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 
 #: Every task named in a JSON array of ids, as one JSON text (see RowMapper.json_array).
@@ -276,10 +282,7 @@ class WriteBatch:
             return
         (text,) = self._db.execute(_LOAD, (json.dumps(ids),)).fetchone()
         for row in json.loads(text):
-            for position in _REAL_AT:
-                if row[position] is not None:
-                    row[position] = float(row[position])
-            self.rows[row[ID]] = row
+            self.rows[row[ID]] = TASKS.read_reals(row)
         self.missing.update(task_id for task_id in ids if task_id not in self.rows)
 
     @property
