@@ -50,7 +50,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -277,7 +277,9 @@ class TaskActor:
         new = transition(old, command, self.task_id)
         if new is old:
             return None
-        state_event = _event("state", {"from": old.value, "to": new.value, **(data or {})})
+        # (hand-built: the runtime's own events need no encoder)
+        head = f'{{"from":"{old.value}","to":"{new.value}"'
+        state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
         return await self._commit(
             frozenset({old}), state=new, events=(*events, state_event), **fields
         )
@@ -294,13 +296,17 @@ class TaskActor:
         return scope is self._run_scope and not scope.cancel_called
 
     def emit_nowait(self, ctx: TaskContext, kind: str, data: Any) -> None:
+        self.emit_text_nowait(ctx, kind, encode({} if data is None else data))
+
+    def emit_text_nowait(self, ctx: TaskContext, kind: str, text: str) -> None:
+        """Queue an event whose data is JSON text already."""
         # _queue without the part: ctx.emit in a loop is the hot path of scenario b.
         if self._live(ctx):
             try:
                 draft = self._draft_for(RUNNING)
             except StorageError:
                 return  # the store is closing: the run is about to be cancelled
-            draft.events.append(NewEvent(kind, encode({} if data is None else data)))
+            draft.events.append(NewEvent(kind, text))
 
     def progress_nowait(self, ctx: TaskContext, done: float, total: float | None) -> None:
         if self._live(ctx):
@@ -360,20 +366,40 @@ class TaskActor:
         events: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Record a journal entry durably (a step result, a checkpoint...)."""
-        if not self._live(ctx):
+        draft = self.record_draft(ctx, index, kind, name, value, [_event(k, d) for k, d in events])
+        if draft is None:
             await self._dead_run()
-        draft = self._draft_for(RUNNING)
-        draft.add(
-            [_event(k, d) for k, d in events],
-            journal=(JournalWrite(index, kind, name, value, self.run),),
-        )
         await draft.wait_quietly()
-        self._committed(draft)
-        self._remember(index, kind, name, value)
+        self.recorded(draft, index, kind, name, value)
         # The wait for the store is not a cancel point; a run ended meanwhile stops here.
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def _dead_run(self) -> None:
+    def record_draft(
+        self,
+        ctx: TaskContext,
+        index: int,
+        kind: str,
+        name: str,
+        value: str,
+        events: Sequence[NewEvent],
+    ) -> TaskDraft | None:
+        """The first half of ``record_entry``: add the entry to the draft and
+        return the draft to wait for; None if the run was ended (its caller
+        then calls ``_dead_run``). ``ctx.step`` awaits the two halves itself:
+        a waiting task holds a coroutine less."""
+        if not self._live(ctx):
+            return None
+        draft = self._draft_for(RUNNING)
+        draft.add(events, journal=(JournalWrite(index, kind, name, value, self.run),))
+        return draft
+
+    def recorded(self, draft: TaskDraft, index: int, kind: str, name: str, value: str) -> None:
+        """The second half of ``record_entry``, once the draft is done: raise
+        what refused it, or remember the entry."""
+        self._committed(draft)
+        self._remember(index, kind, name, value)
+
+    async def _dead_run(self) -> NoReturn:
         # A run that was ended must not record anything more: its scope is
         # cancelled, so this checkpoint raises Cancelled.
         await trio.lowlevel.checkpoint()

@@ -9,6 +9,7 @@ from ._clock import on_virtual_time as on_virtual_time
 from ._codec import converter as converter
 from ._codec import decode as decode
 from ._codec import encode as encode
+from ._codec import quote as quote
 from ._commands import ClaimTask as ClaimTask
 from ._commands import Command as Command
 from ._commands import CompareAndSetKeyState as CompareAndSetKeyState

@@ -8,6 +8,7 @@ one place that decides how a value looks on disk and on the wire.
 from __future__ import annotations
 
 import json
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 from cattrs.preconf.json import JsonConverter, make_converter
@@ -31,8 +32,25 @@ def _default(value: Any) -> Any:
     return unstructured
 
 
-# One encoder, made once: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default).encode
+# One encoder, made once: json.dumps with options builds a new one per call,
+# and JSONEncoder.encode still builds its C encoder per call; the C encoder
+# made once (without the circular-reference check: a cycle ends in a
+# RecursionError, and the slow path below says what it is) costs half.
+if c_make_encoder is not None:
+    _iterencode = c_make_encoder(
+        None, _default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def _encode(value: Any) -> str:
+        return "".join(_iterencode(value, 0))
+
+else:  # pragma: no cover - a Python without the _json accelerator
+    _encode = json.JSONEncoder(  # type: ignore[assignment]
+        separators=(",", ":"), allow_nan=False, default=_default
+    ).encode
+
+#: JSON text of a str (what ``encode`` gives for one): for hand-built JSON.
+quote = encode_basestring_ascii
 
 
 def encode(value: Any) -> str:

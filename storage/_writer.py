@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 import trio
@@ -61,6 +61,18 @@ _DECIDE_SLICE = 512
 
 def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
+
+
+class _Ready:
+    """An awaitable that is done at once (no checkpoint)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_READY = _Ready()
 
 
 class PendingWrite:
@@ -111,16 +123,20 @@ class PendingWrite:
             raise self._outcome
         return self._outcome
 
-    async def wait_quietly(self) -> None:
-        """Wait until the write is applied, without raising its error.
+    def wait_quietly(self) -> Awaitable[None]:
+        """``await`` it: wait until the write is applied, without raising its error.
 
         Not interruptible: a cancelled caller goes on waiting for the (short)
         batch and sees the cancellation at its next checkpoint. Returns at
-        once, without a checkpoint, if the write is done already.
+        once, without a checkpoint, if the write is done already. (Not a
+        coroutine function: the awaitable it returns is trio's own wait, so
+        a waiting task holds one coroutine less, and the collector walks
+        one object less per waiting task.)
         """
         if self._outcome is _NOT_DONE:
             self._register(trio.lowlevel.current_task())
-            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+            return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
+        return _READY
 
     def _register(self, task: trio.lowlevel.Task) -> None:
         waiters = self._waiters
