@@ -123,6 +123,7 @@ class TaskActor:
         "_next",
         "_pause_requested",
         "_run_scope",
+        "_spawns",
         "_stopped",
         "_write_error",
         "epoch",
@@ -152,6 +153,8 @@ class TaskActor:
             {e.index: Entry(e.kind, e.name, e.value, e.run) for e in journal} if journal else {}
         )
         self.journal_end = max(self.journal, default=-1) + 1
+        #: Whether the journal holds a spawn (children to cancel when it ends).
+        self._spawns = any(entry.kind == "spawn" for entry in self.journal.values())
         self.inbox: list[InboxItem] = list(inbox) if inbox else []
         self._lock = ActorLock()
         #: The Request of the run to start once the current one has unwound.
@@ -353,6 +356,8 @@ class TaskActor:
 
     def _remember(self, index: int, kind: str, name: str, value: str) -> None:
         self.journal[index] = Entry(kind, name, value, self.run)
+        if kind == "spawn":
+            self._spawns = True
         if index >= self.journal_end:
             self.journal_end = index + 1
 
@@ -667,7 +672,7 @@ class TaskActor:
 
     def _spawned(self) -> bool:
         """Whether this task ever spawned a child (its journal says so)."""
-        return any(entry.kind == "spawn" for entry in self.journal.values())
+        return self._spawns
 
     async def _release(self) -> None:
         if self.record.owner is None:
@@ -754,6 +759,7 @@ class TaskActor:
             )
             if rollback:
                 self.journal = {i: e for i, e in self.journal.items() if e.run != old_run}
+                self._spawns = any(entry.kind == "spawn" for entry in self.journal.values())
                 self.journal_end = max(self.journal, default=-1) + 1
             self._next = Request(value, self.run)
 

@@ -82,6 +82,7 @@ from ._records import (
     NodeRecord,
     StoredEvent,
     TaskRecord,
+    TaskState,
     UsageRecord,
 )
 from ._rows import RowMapper
@@ -109,6 +110,10 @@ _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_exp
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
 _mutable = operator.itemgetter(*(_AT[name] for name in _MUTABLE))
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
+#: A row's state text -> the state (a dict lookup, where TaskState(text) is a call).
+_STATE = {state.value: state for state in TaskState}
+#: A stored event from a tuple, without NamedTuple's Python-level __new__.
+_new_tuple = tuple.__new__
 
 #: Every task named in a JSON array of ids, as one JSON text (see RowMapper.json_array).
 _LOAD = (
@@ -355,9 +360,10 @@ class WriteBatch:
         self, task_id: str, row: list[Any], events: Sequence[NewEvent]
     ) -> tuple[StoredEvent, ...]:
         now = self.now
+        new = _new_tuple
         stored = tuple(
-            StoredEvent(task_id, seq, event.kind, now, event.data)
-            for seq, event in enumerate(events, start=row[LAST_SEQ] + 1)
+            new(StoredEvent, (task_id, seq, kind, now, data))
+            for seq, (kind, data) in enumerate(events, start=row[LAST_SEQ] + 1)
         )
         row[LAST_SEQ] += len(stored)
         self.events.extend(stored)
@@ -460,7 +466,7 @@ class WriteBatch:
             write.epoch != row[EPOCH] or row[LEASE] is None or row[LEASE] < now
         ):
             raise StaleEpochError(task_id, write.epoch, row[EPOCH])
-        if write.expect is not None and all(state.value != row[STATE] for state in write.expect):
+        if write.expect is not None and _STATE[row[STATE]] not in write.expect:
             raise ConflictError(
                 task_id, frozenset(state.value for state in write.expect), row[STATE]
             )
@@ -519,9 +525,7 @@ class WriteBatch:
 
     def _claim_task(self, command: ClaimTask) -> TaskRecord:
         row = self._require(command.task_id)
-        if command.states is not None and all(
-            state.value != row[STATE] for state in command.states
-        ):
+        if command.states is not None and _STATE[row[STATE]] not in command.states:
             raise ConflictError(
                 command.task_id, frozenset(state.value for state in command.states), row[STATE]
             )
