@@ -155,7 +155,9 @@ class TaskActor:
         self.journal_end = max(self.journal, default=-1) + 1
         #: Whether the journal holds a spawn (children to cancel when it ends).
         self._spawns = any(entry.kind == "spawn" for entry in self.journal.values())
-        self.inbox: list[InboxItem] = list(inbox) if inbox else []
+        #: The durable inbox as the actor knows it (a tuple: most tasks never
+        #: have one, and the empty tuple costs nothing per actor).
+        self.inbox: tuple[InboxItem, ...] = tuple(inbox)
         self._lock = ActorLock()
         #: The Request of the run to start once the current one has unwound.
         self._next: Request | None = None
@@ -214,7 +216,7 @@ class TaskActor:
         draft = self._draft
         if draft is None or not draft.accepts(expect) or (fresh and not draft.empty):
             draft = self.store.open_draft(self.task_id, self.epoch, expect)
-            draft.on_outcome = self._on_outcome
+            draft.on_outcome = self  # (__call__: a bound method would be one more object)
             self._draft = draft
         return draft
 
@@ -223,6 +225,10 @@ class TaskActor:
         draft = self._draft_for(expect, fresh=parts.get("discard_run") is not None)
         draft.add(**parts)
         return draft
+
+    def __call__(self, outcome: object) -> None:
+        """A draft's outcome (the actor is its ``on_outcome``); see ``_on_outcome``."""
+        self._on_outcome(outcome)
 
     def _on_outcome(self, outcome: object) -> None:
         # Called by the storage actor in commit order, before anyone wakes.
@@ -438,7 +444,7 @@ class TaskActor:
                     inbox_consume=(item.id,),
                     events=(_event("input_received", {"index": index}),),
                 )
-                del self.inbox[0]
+                self.inbox = self.inbox[1:]
                 self._remember(index, "ask", name, item.input)
                 return decode(item.input)
             else:
@@ -551,7 +557,7 @@ class TaskActor:
                     inbox_clear=bool(self.inbox),
                     release=True,
                 )
-                self.inbox.clear()
+                self.inbox = ()
             return
 
     async def _limited_attempt(self, ctx: TaskContext) -> Exception | None:
@@ -597,7 +603,7 @@ class TaskActor:
                     inbox_clear=bool(self.inbox),
                     release=True,
                 )
-                self.inbox.clear()
+                self.inbox = ()
         return None
 
     def _drop_events(self) -> tuple[NewEvent, ...]:
@@ -765,7 +771,8 @@ class TaskActor:
 
     def _remember_inbox(self, result: TaskWriteResult, text: str) -> None:
         """Keep the item a write added to the inbox (the write gave it its id)."""
-        self.inbox.append(InboxItem(self.task_id, result.inbox_ids[0], text, self.clock.now()))
+        item = InboxItem(self.task_id, result.inbox_ids[0], text, self.clock.now())
+        self.inbox = (*self.inbox, item)
 
     async def _on_signal(self, signal: Signal) -> None:
         state = self.state
@@ -796,7 +803,7 @@ class TaskActor:
                     run=self.run + 1,
                     inbox_consume=(item.id,),
                 )
-                del self.inbox[0]
+                self.inbox = self.inbox[1:]
                 self._next = Request(decode(item.input), self.run)
 
     async def _on_cancel(self, reason: str | None) -> None:
@@ -813,6 +820,6 @@ class TaskActor:
             inbox_clear=bool(self.inbox),
             release=True,
         )
-        self.inbox.clear()
+        self.inbox = ()
         if self._spawned():
             await self.runtime._cancel_children(self.task_id)

@@ -203,8 +203,8 @@ class TaskDraft(PendingWrite):
         self.epoch = epoch
         self.expect = expect
         self.events: list[NewEvent] = []
-        self._journal: list[JournalWrite] | None = None
-        self._usage: list[UsageRecord] | None = None
+        self._journal: Sequence[JournalWrite] = ()
+        self._usage: Sequence[UsageRecord] = ()
         self._progress: tuple[float, float | None] | None = None
         self._state: TaskState | None = None
         self._leaves = expect
@@ -241,14 +241,22 @@ class TaskDraft(PendingWrite):
         assert self.accepts(self._leaves)
         if events:
             self.events.extend(events)
+        # The first part's entries as given (one entry is the rule: no list
+        # for it), a list once more come.
         if journal:
-            if self._journal is None:
-                self._journal = []
-            self._journal.extend(journal)
+            if not self._journal:
+                self._journal = tuple(journal)
+            elif isinstance(self._journal, list):
+                self._journal.extend(journal)
+            else:
+                self._journal = [*self._journal, *journal]
         if usage:
-            if self._usage is None:
-                self._usage = []
-            self._usage.extend(usage)
+            if not self._usage:
+                self._usage = tuple(usage)
+            elif isinstance(self._usage, list):
+                self._usage.extend(usage)
+            else:
+                self._usage = [*self._usage, *usage]
         if progress is not None:
             self._progress = progress
         if state is not None:
@@ -268,8 +276,8 @@ class TaskDraft(PendingWrite):
                 expect=self.expect,
                 state=self._state,
                 events=tuple(self.events),
-                journal=tuple(self._journal) if self._journal else (),
-                usage=tuple(self._usage) if self._usage else (),
+                journal=tuple(self._journal),
+                usage=tuple(self._usage),
                 progress=self._progress,
                 **(self._rest or {}),
             )
