@@ -46,6 +46,7 @@ from storage import (
     TaskState,
     TaskWrite,
     encode,
+    quote,
 )
 
 from ._actor import ActorGone, TaskActor
@@ -225,13 +226,14 @@ class Runtime:
             thread_id=thread_id,
             parent_id=parent_id,
             root_id=root_id or task_id,
-            metadata=encode(metadata or {}),
+            metadata=encode(metadata) if metadata else "{}",
             strategy=chosen.value,
             owner=self.node_id,
             lease_expires=now + self.lease,
             epoch=1,
         )
-        return record, NewEvent("state", encode({"to": S.PENDING.value, "name": name}))
+        # (hand-built: the runtime's own events need no encoder)
+        return record, NewEvent("state", f'{{"to":"pending","name":{quote(name)}}}')
 
     def _started(self, result: CreateResult, user_id: str | None) -> TaskInfo:
         """Start the actor of a task just created, or answer for the existing one."""

@@ -115,10 +115,25 @@ def test_the_defaults_follow_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert (serve.store, serve.host, serve.port) == ("sqlite:///taskactors.db", "127.0.0.1", 8765)
     assert serve.app == "actors._demo:demo_app" and serve.tokens is None
     assert build_parser().parse_args(["demo"]).store == "sqlite:///taskactors-demo.db"
+    assert serve.gc_threshold == (50_000, 20, 100)
+    assert build_parser().parse_args(["serve", "--gc-threshold", "python"]).gc_threshold is None
+    custom = build_parser().parse_args(["serve", "--gc-threshold", "1000,10,10"])
+    assert custom.gc_threshold == (1000, 10, 10)
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["nope"], ["submit"], ["send", "x"], ["ls", "--state", "bogus"], ["watch"]]
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["submit"],
+        ["send", "x"],
+        ["ls", "--state", "bogus"],
+        ["watch"],
+        ["serve", "--gc-threshold", "1,2"],
+        ["serve", "--gc-threshold", "a,b,c"],
+        ["serve", "--gc-threshold", "-1,10,10"],
+    ],
 )
 def test_usage_errors_are_one_line_with_status_4(
     argv: list[str], capsys: pytest.CaptureFixture[str]
