@@ -343,12 +343,8 @@ class WriteBatch:
     def _write_rows(self) -> None:
         connection = self._db
         if self.events:
-            write_rows(
-                connection,
-                _INSERT_EVENTS,
-                5,
-                [(e.task_id, e.seq, e.kind, e.at, e.data) for e in self.events],
-            )
+            # A StoredEvent is a tuple of the events table's columns, in order.
+            write_rows(connection, _INSERT_EVENTS, 5, self.events)
         if self.journal:
             write_rows(connection, _UPSERT_JOURNAL, 7, self.journal)
         if self.results:
