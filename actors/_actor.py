@@ -112,13 +112,16 @@ class ActorGone(ActorsError):
     """The actor stopped before it handled the message: deliver it again (revive)."""
 
 
-class TaskActor:
-    """The live actor of one task. Made and started by the runtime only."""
+class TaskActor(ActorLock):
+    """The live actor of one task. Made and started by the runtime only.
+
+    The actor is its own mailbox lock (an ``ActorLock``; ``self._lock`` is
+    the actor itself): one object less per live task.
+    """
 
     __slots__ = (
         "_draft",
         "_hb_scope",
-        "_lock",
         "_lost",
         "_next",
         "_pause_requested",
@@ -158,7 +161,7 @@ class TaskActor:
         #: The durable inbox as the actor knows it (a tuple: most tasks never
         #: have one, and the empty tuple costs nothing per actor).
         self.inbox: tuple[InboxItem, ...] = tuple(inbox)
-        self._lock = ActorLock()
+        super().__init__()  # the lock: free, nobody waiting
         #: The Request of the run to start once the current one has unwound.
         self._next: Request | None = None
         self._run_scope: trio.CancelScope | None = None
@@ -171,6 +174,11 @@ class TaskActor:
         self._stopped = False
 
     # -- conveniences ------------------------------------------------------
+    @property
+    def _lock(self) -> ActorLock:
+        """The mailbox lock: the actor itself (``async with self._lock``)."""
+        return self
+
     @property
     def store(self) -> Store:
         return self.runtime.store
