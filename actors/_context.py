@@ -54,9 +54,9 @@ MARK = "mark"
 
 
 class Entry(NamedTuple):
-    """A journal entry as a task actor keeps it (a tuple of strings and a
-    number, which the garbage collector stops tracking: an actor holds one
-    per durable call)."""
+    """A journal entry as a task actor keeps it (an actor holds one per
+    durable call: a named tuple is smaller, and cheaper to make and for the
+    collector to walk, than an attrs instance)."""
 
     kind: str
     name: str

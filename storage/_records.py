@@ -87,11 +87,11 @@ class TaskRecord:
     error: str | None = None
 
 
-# Events are named tuples, not attrs classes: a busy runtime holds hundreds
-# of thousands of them for the length of a batch, and CPython's collector
-# stops tracking a tuple of strings and numbers, where it would walk every
-# attrs instance again at each full collection (issue #5: the collector was
-# ~45% of the time of 10,000 concurrent tasks).
+# Events are named tuples, not attrs classes: a busy runtime makes hundreds
+# of thousands of them, and a tuple is cheaper to make and to walk for the
+# collector (issue #5: the collector was ~45% of the time of 10,000
+# concurrent tasks). CPython still tracks them: it stops tracking exact
+# tuples of atoms only, not instances of a tuple subclass.
 class NewEvent(NamedTuple):
     """An event to append; the store gives it its seq."""
 
