@@ -40,7 +40,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -55,6 +55,7 @@ log = logging.getLogger("taskactors.storage")
 CommitListener = Callable[[Sequence[StoredEvent]], None]
 
 _NOT_DONE: Any = object()
+T = TypeVar("T")
 #: Commands a planning backend decides between two checkpoints (a few ms).
 _DECIDE_SLICE = 512
 
@@ -160,6 +161,17 @@ class PendingWrite:
         return self.outcome_nowait()
 
 
+def _grown(held: Sequence[T], more: Sequence[T]) -> Sequence[T]:
+    """A draft's entries with more added: the first part's as a tuple (one
+    entry is the rule: no list for it), a list once more come."""
+    if not held:
+        return tuple(more)
+    if isinstance(held, list):
+        held.extend(more)
+        return held
+    return [*held, *more]
+
+
 class TaskDraft(PendingWrite):
     """A ``TaskWrite`` of one task that grows until the storage actor takes it.
 
@@ -241,22 +253,10 @@ class TaskDraft(PendingWrite):
         assert self.accepts(self._leaves)
         if events:
             self.events.extend(events)
-        # The first part's entries as given (one entry is the rule: no list
-        # for it), a list once more come.
         if journal:
-            if not self._journal:
-                self._journal = tuple(journal)
-            elif isinstance(self._journal, list):
-                self._journal.extend(journal)
-            else:
-                self._journal = [*self._journal, *journal]
+            self._journal = _grown(self._journal, journal)
         if usage:
-            if not self._usage:
-                self._usage = tuple(usage)
-            elif isinstance(self._usage, list):
-                self._usage.extend(usage)
-            else:
-                self._usage = [*self._usage, *usage]
+            self._usage = _grown(self._usage, usage)
         if progress is not None:
             self._progress = progress
         if state is not None:

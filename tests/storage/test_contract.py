@@ -461,6 +461,31 @@ async def test_journal_entries_upsert_by_index(
     ]
 
 
+async def test_a_draft_keeps_every_part_in_order(store: storage.Store) -> None:
+    """A TaskDraft grown by several parts writes all of them, in order, and
+    leaves the sequences it was given as they were."""
+    await put(store, make_task("t1", thread_id="th1", state=TaskState.RUNNING))
+    draft = store.open_draft("t1", None, None)
+    first = [JournalWrite(0, "value", "a", '"a"', 1)]
+    draft.add([NewEvent("one")], journal=first, usage=[usage("t1", "k1", "m1", 1, 0)])
+    draft.add(journal=(JournalWrite(1, "value", "b", '"b"', 1),))
+    draft.add(
+        [NewEvent("two")],
+        journal=(JournalWrite(2, "value", "c", '"c"', 1),),
+        usage=(usage("t1", "k2", "m1", 2, 0), usage("t1", "k3", "m1", 4, 0)),
+    )
+    await draft.wait()
+    assert first == [JournalWrite(0, "value", "a", '"a"', 1)]
+    assert [(e.index, e.name) for e in await store.read_journal("t1")] == [
+        (0, "a"),
+        (1, "b"),
+        (2, "c"),
+    ]
+    assert [e.kind for e in await store.read_events("t1")][-2:] == ["one", "two"]
+    totals = await store.aggregate_tokens_by_thread("th1", include_active=True)
+    assert totals["total_input_tokens"] == 7
+
+
 async def test_discard_run_deletes_only_that_runs_entries(store: storage.Store) -> None:
     await put(store, make_task("t1"))
     await store.write(
