@@ -104,6 +104,10 @@ def _event(kind: str, data: Any = None) -> NewEvent:
     return NewEvent(kind, encode({} if data is None else data))
 
 
+def _has_spawn(journal: dict[int, Entry]) -> bool:
+    return any(entry.kind == "spawn" for entry in journal.values())
+
+
 class _Superseded(ActorsError):
     """The task's state was changed by someone else (e.g. cancelled from another node)."""
 
@@ -157,7 +161,7 @@ class TaskActor(ActorLock):
         )
         self.journal_end = max(self.journal, default=-1) + 1
         #: Whether the journal holds a spawn (children to cancel when it ends).
-        self._spawns = any(entry.kind == "spawn" for entry in self.journal.values())
+        self._spawns = _has_spawn(self.journal)
         #: The durable inbox as the actor knows it (a tuple: most tasks never
         #: have one, and the empty tuple costs nothing per actor).
         self.inbox: tuple[InboxItem, ...] = tuple(inbox)
@@ -773,7 +777,7 @@ class TaskActor(ActorLock):
             )
             if rollback:
                 self.journal = {i: e for i, e in self.journal.items() if e.run != old_run}
-                self._spawns = any(entry.kind == "spawn" for entry in self.journal.values())
+                self._spawns = _has_spawn(self.journal)
                 self.journal_end = max(self.journal, default=-1) + 1
             self._next = Request(value, self.run)
 
