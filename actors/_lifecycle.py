@@ -32,6 +32,9 @@ from ._errors import InvalidTransition, NotCancelable, RequestRejected
 class Command(enum.Enum):
     """What can move a task."""
 
+    # Identity hash, as TaskState's: the transition table is keyed by both.
+    __hash__ = object.__hash__
+
     #: The actor starts the handler: a pending task's first run, or a new run
     #: of a stopped task.
     START = "start"

@@ -287,7 +287,13 @@ class Runtime:
 
     async def _deliver(self, task_id: str, user_id: str | None, message: Message) -> TaskInfo:
         self._check_open()
-        await self._load(task_id, user_id)
+        live = self._actors.get(task_id)
+        if live is None:
+            await self._load(task_id, user_id)
+        elif user_id is not None and live.record.user_id != user_id:
+            # (a live actor holds the record: no read, so a burst of cancels
+            # does not queue on the reader threads; a task's user never changes)
+            raise TaskNotFound(task_id)
         for _ in range(8):
             try:
                 actor = await self._actor_for(task_id)
