@@ -679,7 +679,7 @@ class TaskActor(ActorLock):
             # Leave the table before the first await: a message that comes
             # meanwhile revives a new actor, or the lifecycle answers it.
             self._stop()
-        if self.state.terminal and self._spawned():
+        if self.state.terminal and self._spawns:
             await self.runtime._cancel_children(self.task_id)
         await self._release()
         return True
@@ -687,10 +687,6 @@ class TaskActor(ActorLock):
     def _stop(self) -> None:
         self._stopped = True
         self.runtime._forget(self)
-
-    def _spawned(self) -> bool:
-        """Whether this task ever spawned a child (its journal says so)."""
-        return self._spawns
 
     async def _release(self) -> None:
         if self.record.owner is None:
@@ -833,5 +829,5 @@ class TaskActor(ActorLock):
             release=True,
         )
         self.inbox = ()
-        if self._spawned():
+        if self._spawns:
             await self.runtime._cancel_children(self.task_id)

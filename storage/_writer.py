@@ -155,9 +155,7 @@ class PendingWrite:
         The wait is not interruptible: a queued write is applied whatever the
         caller does, and the caller learns the truth.
         """
-        if self._outcome is _NOT_DONE:
-            self._register(trio.lowlevel.current_task())
-            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        await self.wait_quietly()
         return self.outcome_nowait()
 
 
