@@ -208,7 +208,11 @@ class SQLiteBackend:
         self._idle_readers: list[sqlite3.Connection] = []
         # The writer's copy of the task rows it wrote last (see WriteBatch),
         # valid while PRAGMA data_version says no other connection wrote.
+        # _rows_lock guards _rows and _generation: the storage actor decides a
+        # plan in trio while the worker thread writes the one before it.
         self._rows: dict[str, list[Any]] = {}
+        self._rows_lock = threading.RLock()
+        self._generation = 0
         self._data_version: int | None = None
         #: Most task rows the writer keeps (unfinished tasks it wrote lately).
         self.max_cached_rows = 250_000
@@ -409,7 +413,11 @@ class SQLiteBackend:
         """
         if not commands:
             return []
-        with self._write_lock, self._mapped(f"write a batch of {len(commands)} commands to"):
+        with (
+            self._write_lock,
+            self._rows_lock,
+            self._mapped(f"write a batch of {len(commands)} commands to"),
+        ):
             return self._apply_locked(commands, now, None)
 
     def plan(self, commands: Sequence[Command], now: float) -> WriteBatch | None:
@@ -418,39 +426,51 @@ class SQLiteBackend:
         For the storage actor, which decides the plan from trio (``decide``,
         a slice at a time) and hands it to ``execute_plan`` in its worker
         thread: deciding is Python that needs the GIL, writing is SQLite that
-        lets go of it, so the writer thread no longer competes with trio for
-        the GIL (issue #5). None when the batch needs the database to decide
-        (see ``WriteBatch.plannable``); then ``apply`` it. Nothing is written
-        until ``execute_plan``.
+        lets go of it. The actor decides the next batch while the worker
+        writes this one (issue #5), so a plan is decided on the rows as the
+        plans before it left them, committed or not; ``execute_plan``
+        decides again from the database if one of those did not commit.
+        None when the batch needs the database to decide (see
+        ``WriteBatch.plannable``); then ``apply`` it, once every plan before
+        it is executed. Nothing is written until ``execute_plan``.
         """
-        with self._write_lock:
-            if self._writer is None or not commands:
-                return None
+        if self._writer is None or not commands:
+            return None
+        with self._rows_lock:
             batch = WriteBatch(None, now, self._rows)
+            batch.generation = self._generation
             return batch if batch.plannable(commands) else None
 
     def decide(self, batch: WriteBatch, commands: Sequence[Command]) -> None:
-        """Decide the next commands of a plan (see ``plan``)."""
-        with self._write_lock:
+        """Decide the next commands of a plan (see ``plan``); the last call seals it."""
+        with self._rows_lock:
             try:
                 batch.decide(commands, StorageError)
+                batch.seal()
             except BaseException:
-                self._rows.clear()  # a bug: whatever it changed is suspect
+                self._forget_rows()  # a bug: whatever it changed is suspect
                 raise
 
     def abandon(self, batch: WriteBatch) -> None:
         """Drop a plan that will not be executed (its decisions changed the rows)."""
-        with self._write_lock:
-            self._rows.clear()
+        self._forget_rows()
+
+    def _forget_rows(self) -> None:
+        """Start a new, empty copy of the rows. Plans decided on the old one
+        are stale: ``execute_plan`` decides them again from the database."""
+        with self._rows_lock:
+            self._rows = {}
+            self._generation += 1
 
     def execute_plan(
         self, batch: WriteBatch, commands: Sequence[Command], now: float
     ) -> list[object]:
         """Write a planned batch in one transaction; its outcomes.
 
-        If another connection wrote since the plan was made, or a new task's
-        id existed after all, the plan is dropped and the batch applied the
-        long way (``apply``), in the same call. Raises as ``apply`` does.
+        If another connection wrote since the plan was made, a plan before
+        it did not commit, or a new task's id existed after all, the plan is
+        dropped and the batch applied the long way (``apply``), in the same
+        call. Raises as ``apply`` does.
         """
         with self._write_lock, self._mapped(f"write a batch of {len(commands)} commands to"):
             return self._apply_locked(commands, now, batch)
@@ -458,7 +478,13 @@ class SQLiteBackend:
     def _apply_locked(
         self, commands: Sequence[Command], now: float, planned: WriteBatch | None
     ) -> list[object]:
+        # planned is None: ``apply``, which holds the rows lock (no plan is
+        # being decided meanwhile) and decides on the rows held. Else a plan;
+        # the rows may be changing under the next plan: if this one is stale
+        # it is decided again on rows of its own, then the rows are renewed.
         committed = False
+        stale = False
+        batch: WriteBatch | None = None
         try:
             connection = self._writer_connection()
             if connection.in_transaction:
@@ -468,35 +494,40 @@ class SQLiteBackend:
             # last batch: the rows we keep may be stale.
             (version,) = connection.execute("PRAGMA data_version").fetchone()
             if version != self._data_version:
-                self._rows.clear()
+                self._forget_rows()
                 self._data_version = version
-                planned = None  # decided on stale rows
-            batch = planned
-            if batch is not None:
-                batch.connection = connection
-                try:
-                    batch.write()
-                    outcomes = batch.outcomes
-                except sqlite3.IntegrityError:
-                    # A "new" task existed: decide again, from the database.
-                    connection.rollback()
-                    connection.execute("BEGIN IMMEDIATE")
-                    self._rows.clear()
-                    batch = None
-            if batch is None:
+            if planned is not None:
+                if planned.generation == self._generation:
+                    planned.connection = connection
+                    try:
+                        planned.write()
+                        batch = planned
+                    except sqlite3.IntegrityError:
+                        # A "new" task existed: decide again, from the database.
+                        connection.rollback()
+                        connection.execute("BEGIN IMMEDIATE")
+                if batch is None:
+                    stale = True
+                    batch = WriteBatch(connection, now, {})
+                    outcomes = self._apply_batch(batch, commands)
+                else:
+                    outcomes = planned.outcomes
+            else:
                 batch = WriteBatch(connection, now, self._rows)
                 outcomes = self._apply_batch(batch, commands)
             connection.execute("COMMIT")
             committed = True
         finally:
-            if not committed:
-                # The batch (or its plan, made before) changed them in place.
-                self._rows.clear()
-                if self._writer is not None:
-                    _rollback_quietly(self._writer)
-        batch.forget_finished()
-        if len(self._rows) > self.max_cached_rows:
-            self._rows.clear()
+            if not committed or stale:
+                # The batch (or its plan, or the plans after it) changed them.
+                self._forget_rows()
+            if not committed and self._writer is not None:
+                _rollback_quietly(self._writer)
+        with self._rows_lock:
+            if batch.rows is self._rows:
+                batch.forget_finished()
+                if len(self._rows) > self.max_cached_rows:
+                    self._forget_rows()
         return outcomes
 
     def _apply_batch(self, batch: WriteBatch, commands: Sequence[Command]) -> list[object]:

@@ -219,6 +219,13 @@ class WriteBatch:
         self.usage: list[tuple[Any, ...]] = []
         #: The outcomes a plan decided (see ``plan``).
         self.outcomes: list[object] = []
+        #: The task rows to insert and the updates to make, as ``seal`` took
+        #: them (copies: a plan decided after this one may change the rows).
+        self.task_inserts: list[tuple[Any, ...]] = []
+        self.task_updates: list[tuple[Any, ...]] = []
+        #: The backend's row generation this batch was planned on (see
+        #: ``SQLiteBackend.plan``).
+        self.generation = 0
 
     def apply(self, commands: Sequence[Command], refused: type[Exception]) -> list[object]:
         """Apply commands in order; one outcome each (an instance of ``refused``
@@ -265,6 +272,21 @@ class WriteBatch:
         held; their outcomes go to ``outcomes``. The rows change: ``write``
         must follow in a transaction, or the rows be dropped."""
         self.outcomes.extend(self._decide(commands, refused))
+
+    def seal(self) -> None:
+        """Take copies of the rows of the tasks created and changed so far:
+        what ``write`` writes for them. A plan is sealed when decided, so the
+        next plan may change the rows while this one is written."""
+        rows = self.rows
+        if self.created:
+            self.task_inserts.extend(tuple(rows[i]) for i in self.created)
+        changed = [i for i in self.changed if i not in self.created]
+        if changed:
+            self.task_updates.extend((i, *_mutable(rows[i])) for i in changed)
+        self.touched.update(self.created)
+        self.touched.update(self.changed)
+        self.created = {}
+        self.changed = {}
 
     def write(self) -> None:
         """Write what the decisions collected (inside the batch's transaction)."""
@@ -323,22 +345,15 @@ class WriteBatch:
         return row
 
     def _write_tasks(self) -> None:
-        """Write the created and changed tasks back, and forget which they were."""
-        rows = self.rows
-        if self.created:
-            write_rows(self._db, _INSERT_TASKS, len(_FIELDS), [rows[i] for i in self.created])
-        changed = [i for i in self.changed if i not in self.created]
-        if changed:
-            write_rows(
-                self._db,
-                _UPDATE_TASKS,
-                1 + len(_MUTABLE),
-                [(i, *_mutable(rows[i])) for i in changed],
-            )
-        self.touched.update(self.created)
-        self.touched.update(self.changed)
-        self.created = {}
-        self.changed = {}
+        """Write the created and changed tasks (sealing what is not sealed yet)."""
+        self.seal()
+        connection = self._db
+        if self.task_inserts:
+            write_rows(connection, _INSERT_TASKS, len(_FIELDS), self.task_inserts)
+            self.task_inserts = []
+        if self.task_updates:
+            write_rows(connection, _UPDATE_TASKS, 1 + len(_MUTABLE), self.task_updates)
+            self.task_updates = []
 
     def _write_rows(self) -> None:
         connection = self._db

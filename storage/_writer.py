@@ -11,8 +11,10 @@ the backend as one transaction: in the actor's worker thread for a blocking
 backend (one wake-up back into trio per batch), inline for the memory
 backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
 batch in trio first and only writes it in the thread, so the writer thread
-holds the GIL for little more than binding its parameters. When the batch
-returns, it is durable: the actor
+holds the GIL for little more than binding its parameters; and the actor
+decides the next batch while the thread writes the one before (two batches
+in hand: ``_serve_pipelined``), so neither trio nor the writer waits for the
+other while there is work. When the batch returns, it is durable: the actor
 first tells the commit listeners (so subscribers see committed events, in
 commit order, and only those), then resolves every write of the batch in
 order (outcome callbacks run right then, in commit order), then wakes the
@@ -38,10 +40,13 @@ queued, then refuses further writes with ``StorageClosedError``.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
+import attrs
+import outcome
 import trio
 
 from ._backend import Backend, PlanningBackend
@@ -282,6 +287,37 @@ class TaskDraft(PendingWrite):
         return self.command
 
 
+def _in_worker(fn: Callable[[], list[object]]) -> Awaitable[list[object]]:
+    """``fn()`` in a worker thread, started now; await it for its result.
+
+    Not ``trio.to_thread.run_sync``, whose limiter yields to every runnable
+    task before the thread starts: after a batch wakes thousands of writers,
+    the next batch, decided already, would wait for all of them to run
+    (issue #5). The storage actor runs one at a time: it needs no limiter.
+    Not interruptible, like the batch it writes.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[list[object]]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver, name="taskactors storage writer")
+    return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
+
+
+@attrs.frozen
+class _Planned:
+    """A batch on its way from the deciding task to the committer."""
+
+    batch: list[PendingWrite]
+    commands: list[Command]
+    #: None: apply it the long way, alone (``alone`` is set when it is done).
+    plan: object
+    now: float
+    alone: trio.Event | None
+
+
 class StorageActor:
     """Owns a backend's write side; see the module docstring."""
 
@@ -305,10 +341,9 @@ class StorageActor:
         self._urgent: collections.deque[PendingWrite] = collections.deque()
         self._sleeping: trio.lowlevel.Task | None = None
         self._listeners: list[CommitListener] = []
-        self._limiter = trio.CapacityLimiter(1)
         self._closed = False
-        #: Whether a batch is being applied now.
-        self.busy = False
+        #: The batches taken from the queue and not yet applied.
+        self._in_hand: list[list[PendingWrite]] = []
         self.batches = 0
         self.writes = 0
         # Fault injection (actors.testing): fail the next N writes / hang until.
@@ -320,6 +355,11 @@ class StorageActor:
         """Call ``listener(events)`` after each batch commits; returns a remover."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being decided or applied now."""
+        return bool(self._in_hand)
 
     @property
     def queued(self) -> int:
@@ -377,12 +417,15 @@ class StorageActor:
                 trio.lowlevel.reschedule(sleeping)
 
     def _next_batch(self) -> list[PendingWrite]:
-        # Half of a long queue, not all of it. Writers woken by one batch
-        # queue their next writes together; a batch that took them all would
-        # leave trio idle while it is written, then the writer idle while
-        # trio wakes them. Two halves take turns instead: trio handles one
-        # while the other is written (issue #5: about +10% at 10,000 tasks).
-        most = min(self._max_batch, max(self._min_split, (self.queued + 1) // 2))
+        # Half of a long queue when no other batch is in hand, else all of
+        # it. Writers woken by one batch queue their next writes together; a
+        # batch that took them all would leave trio idle while it is written,
+        # then the writer idle while trio wakes them. Two halves take turns
+        # instead: trio handles one while the other is written (issue #5).
+        # Once two batches take turns, each takes what its writers queued.
+        queued = self.queued
+        most = queued if self._in_hand else max(self._min_split, (queued + 1) // 2)
+        most = min(self._max_batch, most)
         batch: list[PendingWrite] = []
         rows = 0
         for queue in (self._urgent, self._queue):
@@ -405,68 +448,103 @@ class StorageActor:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply batches until closed and drained. Cancelling it fails what is queued."""
         task_status.started()
-        batch: list[PendingWrite] = []
         try:
-            while True:
-                if not (self._queue or self._urgent):
-                    if self._closed:
-                        return
-                    await self._sleep()
-                    continue
-                batch = self._next_batch()
-                await self._apply(batch)
-                batch = []
+            if self._threaded and isinstance(self._backend, PlanningBackend):
+                await self._serve_pipelined(self._backend)
+            else:
+                await self._serve_serially()
         finally:
             self._closed = True
             error = StorageClosedError("the store was closed before this write was applied")
-            for pending in batch:
-                if not pending.done:
-                    pending._resolve(error)
+            for batch in self._in_hand:
+                for pending in batch:
+                    if not pending.done:
+                        pending._resolve(error)
+            self._in_hand.clear()
             for queue in (self._urgent, self._queue):
                 while queue:
                     queue.popleft()._resolve(error)
 
-    async def _inject(self, commands: list[Command]) -> list[object]:
-        """Injected faults: hang until a deadline, or refuse the next writes."""
-        if self.hang_until is not None:
-            await trio.sleep_until(self.hang_until)
-            self.hang_until = None
-        failed = min(self.fail_next, len(commands))
-        self.fail_next -= failed
-        error = self.fail_error or BackendUnavailableError("injected write failure")
-        outcomes: list[object] = [error] * failed
-        if failed < len(commands):
-            outcomes.extend(await self._run_backend(commands[failed:]))
-        return outcomes
+    async def _wait_for_writes(self) -> bool:
+        """Wait until a write is queued; False when closed and drained."""
+        while not (self._queue or self._urgent):
+            if self._closed:
+                return False
+            await self._sleep()
+        return True
 
-    async def _apply(self, batch: list[PendingWrite]) -> None:
-        commands = [pending._take() for pending in batch]
-        self.busy = True
-        try:
-            if self.fail_next or self.hang_until is not None:
-                outcomes = await self._inject(commands)
-            else:
-                outcomes = await self._run_backend(commands)
-        finally:
-            self.busy = False
+    def _take_batch(self) -> list[PendingWrite]:
+        batch = self._next_batch()
+        self._in_hand.append(batch)
+        return batch
+
+    def _done_with(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
+        self._in_hand.remove(batch)
         self._finish(batch, outcomes)
 
-    async def _run_backend(self, commands: list[Command]) -> list[object]:
-        now = self._clock.now()
+    async def _serve_serially(self) -> None:
+        """One batch at a time: inline (memory), or in the worker thread."""
+        while await self._wait_for_writes():
+            batch = self._take_batch()
+            commands = [pending._take() for pending in batch]
+            outcomes = await self._outcomes(commands, self._run_backend(commands))
+            self._done_with(batch, outcomes)
+
+    async def _serve_pipelined(self, backend: PlanningBackend) -> None:
+        """Two batches at a time: this task decides the next batch in trio
+        while the committer writes the one before it in the worker thread
+        (issue #5: the worker no longer waits for trio to decide, nor trio
+        for the worker to write). A batch that cannot be planned goes alone:
+        it is applied once the one before it is written, and the next is
+        decided once it is."""
+        send, receive = trio.open_memory_channel[_Planned](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit, backend, receive)
+            async with send:
+                while await self._wait_for_writes():
+                    batch = self._take_batch()
+                    commands = [pending._take() for pending in batch]
+                    now = self._clock.now()
+                    plan = None
+                    if not (self.fail_next or self.hang_until is not None):
+                        plan = backend.plan(commands, now)
+                    alone = None if plan is not None else trio.Event()
+                    try:
+                        if plan is not None:
+                            await self._decide(backend, plan, commands)
+                        await send.send(_Planned(batch, commands, plan, now, alone))
+                    except BaseException:
+                        if plan is not None:
+                            backend.abandon(plan)  # decided, never to be executed
+                        raise
+                    if alone is not None:
+                        await alone.wait()
+
+    async def _commit(
+        self, backend: PlanningBackend, receive: trio.MemoryReceiveChannel[_Planned]
+    ) -> None:
+        """Write the decided batches in order, in the worker thread."""
+        async with receive:
+            async for item in receive:
+                commands, plan = item.commands, item.plan
+                if plan is not None and (self.fail_next or self.hang_until is not None):
+                    backend.abandon(plan)  # a fault injected since: the long way
+                    plan = None
+                if plan is None:
+                    outcomes = await self._outcomes(commands, self._run_backend(commands))
+                else:
+                    execute = functools.partial(backend.execute_plan, plan, commands, item.now)
+                    outcomes = await self._outcomes(commands, _in_worker(execute))
+                self._done_with(item.batch, outcomes)
+                if item.alone is not None:
+                    item.alone.set()
+
+    async def _outcomes(
+        self, commands: list[Command], running: Awaitable[list[object]]
+    ) -> list[object]:
+        """The outcomes of a batch being applied; a failure fails each command."""
         try:
-            if self._threaded:
-                backend = self._backend
-                if isinstance(backend, PlanningBackend):
-                    plan = backend.plan(commands, now)
-                    if plan is not None:
-                        await self._decide(backend, plan, commands)
-                        return await trio.to_thread.run_sync(
-                            backend.execute_plan, plan, commands, now, limiter=self._limiter
-                        )
-                return await trio.to_thread.run_sync(
-                    self._backend.apply, commands, now, limiter=self._limiter
-                )
-            return self._backend.apply(commands, now)
+            return await running
         except StorageError as exc:
             return [exc] * len(commands)
         except Exception as exc:  # a driver error: the batch is lost, the actor goes on
@@ -474,19 +552,35 @@ class StorageActor:
             error.__cause__ = exc
             return [error] * len(commands)
 
+    async def _run_backend(self, commands: list[Command]) -> list[object]:
+        """Apply a batch the long way (injected faults first, if any)."""
+        if self.hang_until is not None:
+            await trio.sleep_until(self.hang_until)
+            self.hang_until = None
+        failed = min(self.fail_next, len(commands))
+        self.fail_next -= failed
+        error = self.fail_error or BackendUnavailableError("injected write failure")
+        outcomes: list[object] = [error] * failed
+        rest = commands[failed:]
+        if rest:
+            now = self._clock.now()
+            if self._threaded:
+                apply = functools.partial(self._backend.apply, rest, now)
+                outcomes.extend(await _in_worker(apply))
+            else:
+                outcomes.extend(self._backend.apply(rest, now))
+        return outcomes
+
     async def _decide(
         self, backend: PlanningBackend, plan: object, commands: list[Command]
     ) -> None:
         """Decide a plan in slices, letting trio run between them: a batch of
-        thousands of commands never holds the event loop for long."""
-        try:
-            for start in range(0, len(commands), _DECIDE_SLICE):
-                if start:
-                    await trio.lowlevel.checkpoint()
-                backend.decide(plan, commands[start : start + _DECIDE_SLICE])
-        except BaseException:
-            backend.abandon(plan)  # cancelled (or a bug) half-way: drop what it decided
-            raise
+        thousands of commands never holds the event loop for long. (Cancelled
+        or failed half-way, the caller abandons the plan.)"""
+        for start in range(0, len(commands), _DECIDE_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+            backend.decide(plan, commands[start : start + _DECIDE_SLICE])
 
     def _finish(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
         self.batches += 1

@@ -14,10 +14,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import storage
 from storage import (
@@ -445,6 +447,99 @@ async def test_reads_proceed_while_a_batch_is_in_the_middle_of_its_transaction(
         assert seen == [1] * 50
         await gate.wait()
         assert len(await store.read_events("a")) == 2
+
+
+class HeldBackend(SQLiteBackend):
+    """Holds a planned batch that writes a "hold" event in its worker thread
+    until released, then fails it (``fail``) or commits it (white box)."""
+
+    def __init__(self, path: Path, *, fail: bool) -> None:
+        super().__init__(path)
+        self.fail = fail
+        self.held = threading.Event()
+        self.release = threading.Event()
+        #: Every command decided by a plan, in order.
+        self.decided: list[Command] = []
+
+    def decide(self, batch: WriteBatch, commands: Sequence[Command]) -> None:
+        self.decided.extend(commands)
+        super().decide(batch, commands)
+
+    def execute_plan(
+        self, batch: WriteBatch, commands: Sequence[Command], now: float
+    ) -> list[object]:
+        if not any(_holds(command) for command in commands):
+            return super().execute_plan(batch, commands, now)
+        self.held.set()
+        assert self.release.wait(timeout=60)
+        if self.fail:
+            write = batch.write
+
+            def write_then_fail() -> None:
+                write()  # written in the transaction, which then fails
+                raise sqlite3.OperationalError("disk I/O error")
+
+            batch.write = write_then_fail  # type: ignore[method-assign]
+        return super().execute_plan(batch, commands, now)
+
+
+def _holds(command: Command) -> bool:
+    return isinstance(command, TaskWrite) and any(e.kind == "hold" for e in command.events)
+
+
+async def _held_then(store: storage.Store, backend: HeldBackend) -> tuple[Any, Any]:
+    """Task "a" (pending, its row held by the writer); a write that makes it
+    running is held in the worker thread while the next one, which expects
+    it running, is decided. Both pending writes."""
+    await store.put_task(make_task("a"), [NewEvent("submitted")])
+    await store.write(TaskWrite("a", events=(NewEvent("seen"),)))
+    held = store.execute_nowait(TaskWrite("a", state=TaskState.RUNNING, events=(NewEvent("hold"),)))
+    await trio.to_thread.run_sync(backend.held.wait)
+    after = store.execute_nowait(
+        TaskWrite("a", expect=frozenset({TaskState.RUNNING}), events=(NewEvent("after"),))
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    # Decided in trio while the batch before it is being written.
+    assert backend.decided[-1] == after.command
+    assert not held.done
+    return held, after
+
+
+async def test_the_next_batch_is_decided_while_one_is_written(path: Path) -> None:
+    backend = HeldBackend(path, fail=False)
+    async with storage.open_store(backend) as store:
+        try:
+            held, after = await _held_then(store, backend)
+        finally:
+            backend.release.set()
+        await held.wait()
+        result = await after.wait()
+        assert isinstance(result, TaskWriteResult)
+        assert [e.seq for e in result.events] == [4]
+        events = await store.read_events("a")
+        assert [e.kind for e in events] == ["submitted", "seen", "hold", "after"]
+
+
+async def test_a_batch_decided_on_a_batch_that_failed_is_decided_again(path: Path) -> None:
+    # The second write was decided on the first one's effects (the task
+    # running). The first fails: the second is decided again, from the
+    # database, where the task is still pending, so its fence refuses it.
+    backend = HeldBackend(path, fail=True)
+    async with storage.open_store(backend) as store:
+        try:
+            held, after = await _held_then(store, backend)
+        finally:
+            backend.release.set()
+        with pytest.raises(BackendUnavailableError):
+            await held.wait()
+        with pytest.raises(storage.ConflictError):
+            await after.wait()
+        record = await store.get_task("a")
+        assert record is not None and record.state is TaskState.PENDING
+        assert [e.kind for e in await store.read_events("a")] == ["submitted", "seen"]
+        # The writer's rows are right again: the next writes are decided on them.
+        result = await store.write(TaskWrite("a", state=TaskState.RUNNING))
+        assert result.record.state is TaskState.RUNNING and result.record.last_seq == 2
 
 
 async def test_reads_proceed_while_large_batches_are_applied(path: Path) -> None:
