@@ -104,6 +104,18 @@ def test_the_top_level_help_lists_every_command_and_the_exit_statuses(
     assert "0 completed, 1 failed, 2 cancelled, 3 any other; 4 on any error" in out
 
 
+def test_starting_imports_no_test_tooling() -> None:
+    # trio.testing imports pytest: a tenth of a second at every command.
+    code = (
+        "import sys, actors, actors._cli;"
+        " print(sorted({'pytest', 'trio.testing'} & set(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.strip() == "[]"
+
+
 def test_the_defaults_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["ls"])
     assert (args.url, args.token) == ("ws://127.0.0.1:8765", None)
