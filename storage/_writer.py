@@ -306,7 +306,35 @@ def _in_worker(fn: Callable[[], list[object]]) -> Awaitable[list[object]]:
     return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
 
 
-@attrs.frozen
+class _Writing:
+    """``fn()`` in a worker thread, started now (see ``_in_worker``); await
+    ``result()`` for what it returned. Started by whichever task has the
+    plan when the worker is free: a hand-over from the deciding task to the
+    committer costs a turn of every runnable task, which after a burst of
+    messages can be a tenth of a second (issue #5)."""
+
+    def __init__(self, fn: Callable[[], list[object]]) -> None:
+        self._done = trio.Event()
+        self._result: outcome.Outcome[list[object]] | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[list[object]]) -> None:
+            token.run_sync_soon(self._deliver, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver, name="taskactors storage writer")
+
+    def _deliver(self, result: outcome.Outcome[list[object]]) -> None:
+        self._result = result
+        self._done.set()
+
+    async def result(self) -> list[object]:
+        """Wait for the result (shield the caller: the write goes on anyway)."""
+        await self._done.wait()
+        assert self._result is not None
+        return self._result.unwrap()
+
+
+@attrs.define
 class _Planned:
     """A batch on its way from the deciding task to the committer."""
 
@@ -316,6 +344,10 @@ class _Planned:
     plan: object
     now: float
     alone: trio.Event | None
+    #: Being written already: the deciding task found the worker free.
+    writing: _Writing | None = None
+    #: Its place in the order batches are taken (and must be written).
+    number: int = 0
 
 
 class StorageActor:
@@ -344,6 +376,11 @@ class StorageActor:
         self._closed = False
         #: The batches taken from the queue and not yet applied.
         self._in_hand: list[list[PendingWrite]] = []
+        #: False only while the committer waits for a batch with none in
+        #: hand: then the deciding task starts the next write itself.
+        self._writing = False
+        self.batches_taken = 0
+        self._last_written = -1
         self.batches = 0
         self.writes = 0
         # Fault injection (actors.testing): fail the next N writes / hang until.
@@ -509,12 +546,24 @@ class StorageActor:
                     if not (self.fail_next or self.hang_until is not None):
                         plan = backend.plan(commands, now)
                     alone = None if plan is not None else trio.Event()
+                    item = _Planned(batch, commands, plan, now, alone, number=self.batches_taken)
+                    self.batches_taken += 1
                     try:
                         if plan is not None:
                             await self._decide(backend, plan, commands)
-                        await send.send(_Planned(batch, commands, plan, now, alone))
+                            if not self._writing:
+                                # The committer waits for it: write it now.
+                                item.writing = self._write(backend, item)
+                        await send.send(item)
                     except BaseException:
-                        if plan is not None:
+                        if item.writing is not None:
+                            # Cancelled with its batch being written: wait
+                            # for it, so its writers learn the truth.
+                            with trio.CancelScope(shield=True):
+                                outcomes = await self._outcomes(commands, item.writing.result())
+                            self._writing = False
+                            self._done_with(batch, outcomes)
+                        elif plan is not None:
                             backend.abandon(plan)  # decided, never to be executed
                         raise
                     if alone is not None:
@@ -525,19 +574,46 @@ class StorageActor:
     ) -> None:
         """Write the decided batches in order, in the worker thread."""
         async with receive:
-            async for item in receive:
+            while True:
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    # Idle: the deciding task may start the next write itself
+                    # (the next item it sends is the next one written).
+                    self._writing = False
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
                 commands, plan = item.commands, item.plan
-                if plan is not None and (self.fail_next or self.hang_until is not None):
+                if (
+                    item.writing is None
+                    and plan is not None
+                    and (self.fail_next or self.hang_until is not None)
+                ):
                     backend.abandon(plan)  # a fault injected since: the long way
                     plan = None
                 if plan is None:
                     outcomes = await self._outcomes(commands, self._run_backend(commands))
                 else:
-                    execute = functools.partial(backend.execute_plan, plan, commands, item.now)
-                    outcomes = await self._outcomes(commands, _in_worker(execute))
+                    writing = item.writing or self._write(backend, item)
+                    # Shielded: the batch is written whatever happens, and the
+                    # writers it answers must learn the truth.
+                    with trio.CancelScope(shield=True):
+                        outcomes = await self._outcomes(commands, writing.result())
                 self._done_with(item.batch, outcomes)
                 if item.alone is not None:
                     item.alone.set()
+
+    def _write(self, backend: PlanningBackend, item: _Planned) -> _Writing:
+        """Start writing a decided batch in the worker thread."""
+        # Batches are written in the order they were taken, whoever starts them.
+        assert item.number > self._last_written, "a batch would be written out of order"
+        self._last_written = item.number
+        self._writing = True
+        return _Writing(functools.partial(backend.execute_plan, item.plan, item.commands, item.now))
 
     async def _outcomes(
         self, commands: list[Command], running: Awaitable[list[object]]

@@ -542,6 +542,34 @@ async def test_a_batch_decided_on_a_batch_that_failed_is_decided_again(path: Pat
         assert result.record.state is TaskState.RUNNING and result.record.last_seq == 2
 
 
+async def test_batches_commit_in_the_order_their_writes_were_queued(path: Path) -> None:
+    # Many writers, each waiting for its write before the next: batches are
+    # decided while others are written, by whichever task finds the worker
+    # free. Commits must still come in the order the writes were queued.
+    tasks, writes = 300, 12
+    async with storage.open(f"sqlite:///{path}") as store:
+        seen: dict[str, list[int]] = {}
+
+        def on_commit(events: Sequence[storage.StoredEvent]) -> None:
+            for event in events:
+                seen.setdefault(event.task_id, []).append(event.seq)
+
+        store.add_commit_listener(on_commit)
+
+        async def writer(task_id: str) -> None:
+            await store.put_task(make_task(task_id), [NewEvent("submitted")])
+            for n in range(writes):
+                await store.write(TaskWrite(task_id, events=(NewEvent("step", json.dumps(n)),)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(tasks):
+                nursery.start_soon(writer, f"t{i}")
+        assert store.statistics()["batches"] > writes
+        for i in range(tasks):
+            assert seen[f"t{i}"] == list(range(1, writes + 2))
+            assert [e.seq for e in await store.read_events(f"t{i}")] == seen[f"t{i}"]
+
+
 async def test_reads_proceed_while_large_batches_are_applied(path: Path) -> None:
     writes = 3000
     async with storage.open(f"sqlite:///{path}") as store:
