@@ -287,31 +287,18 @@ class TaskDraft(PendingWrite):
         return self.command
 
 
-def _in_worker(fn: Callable[[], list[object]]) -> Awaitable[list[object]]:
-    """``fn()`` in a worker thread, started now; await it for its result.
+class _Writing:
+    """``fn()`` in a worker thread, started now; await ``result()`` for what
+    it returned.
 
     Not ``trio.to_thread.run_sync``, whose limiter yields to every runnable
     task before the thread starts: after a batch wakes thousands of writers,
     the next batch, decided already, would wait for all of them to run
-    (issue #5). The storage actor runs one at a time: it needs no limiter.
-    Not interruptible, like the batch it writes.
+    (issue #5). The storage actor writes one batch at a time: it needs no
+    limiter. Started by whichever task has the plan when the worker is free:
+    a hand-over from the deciding task to the committer would cost that
+    same turn of every runnable task.
     """
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: outcome.Outcome[list[object]]) -> None:
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-    trio.lowlevel.start_thread_soon(fn, deliver, name="taskactors storage writer")
-    return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
-
-
-class _Writing:
-    """``fn()`` in a worker thread, started now (see ``_in_worker``); await
-    ``result()`` for what it returned. Started by whichever task has the
-    plan when the worker is free: a hand-over from the deciding task to the
-    committer costs a turn of every runnable task, which after a burst of
-    messages can be a tenth of a second (issue #5)."""
 
     def __init__(self, fn: Callable[[], list[object]]) -> None:
         self._done = trio.Event()
@@ -328,8 +315,11 @@ class _Writing:
         self._done.set()
 
     async def result(self) -> list[object]:
-        """Wait for the result (shield the caller: the write goes on anyway)."""
-        await self._done.wait()
+        """Wait for what ``fn`` returned, or raise what it raised. Not
+        interruptible: the write goes on anyway, and its writers must learn
+        the truth."""
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
         assert self._result is not None
         return self._result.unwrap()
 
@@ -379,7 +369,7 @@ class StorageActor:
         #: False only while the committer waits for a batch with none in
         #: hand: then the deciding task starts the next write itself.
         self._writing = False
-        self.batches_taken = 0
+        self._taken = 0
         self._last_written = -1
         self.batches = 0
         self.writes = 0
@@ -546,8 +536,8 @@ class StorageActor:
                     if not (self.fail_next or self.hang_until is not None):
                         plan = backend.plan(commands, now)
                     alone = None if plan is not None else trio.Event()
-                    item = _Planned(batch, commands, plan, now, alone, number=self.batches_taken)
-                    self.batches_taken += 1
+                    item = _Planned(batch, commands, plan, now, alone, number=self._taken)
+                    self._taken += 1
                     try:
                         if plan is not None:
                             await self._decide(backend, plan, commands)
@@ -559,10 +549,7 @@ class StorageActor:
                         if item.writing is not None:
                             # Cancelled with its batch being written: wait
                             # for it, so its writers learn the truth.
-                            with trio.CancelScope(shield=True):
-                                outcomes = await self._outcomes(commands, item.writing.result())
-                            self._writing = False
-                            self._done_with(batch, outcomes)
+                            await self._written(item, item.writing)
                         elif plan is not None:
                             backend.abandon(plan)  # decided, never to be executed
                         raise
@@ -597,13 +584,9 @@ class StorageActor:
                     plan = None
                 if plan is None:
                     outcomes = await self._outcomes(commands, self._run_backend(commands))
+                    self._done_with(item.batch, outcomes)
                 else:
-                    writing = item.writing or self._write(backend, item)
-                    # Shielded: the batch is written whatever happens, and the
-                    # writers it answers must learn the truth.
-                    with trio.CancelScope(shield=True):
-                        outcomes = await self._outcomes(commands, writing.result())
-                self._done_with(item.batch, outcomes)
+                    await self._written(item, item.writing or self._write(backend, item))
                 if item.alone is not None:
                     item.alone.set()
 
@@ -614,6 +597,10 @@ class StorageActor:
         self._last_written = item.number
         self._writing = True
         return _Writing(functools.partial(backend.execute_plan, item.plan, item.commands, item.now))
+
+    async def _written(self, item: _Planned, writing: _Writing) -> None:
+        """Wait until a planned batch is written; answer its writers."""
+        self._done_with(item.batch, await self._outcomes(item.commands, writing.result()))
 
     async def _outcomes(
         self, commands: list[Command], running: Awaitable[list[object]]
@@ -642,7 +629,7 @@ class StorageActor:
             now = self._clock.now()
             if self._threaded:
                 apply = functools.partial(self._backend.apply, rest, now)
-                outcomes.extend(await _in_worker(apply))
+                outcomes.extend(await _Writing(apply).result())
             else:
                 outcomes.extend(self._backend.apply(rest, now))
         return outcomes

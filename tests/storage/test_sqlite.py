@@ -490,28 +490,30 @@ def _holds(command: Command) -> bool:
 async def _held_then(store: storage.Store, backend: HeldBackend) -> tuple[Any, Any]:
     """Task "a" (pending, its row held by the writer); a write that makes it
     running is held in the worker thread while the next one, which expects
-    it running, is decided. Both pending writes."""
-    await store.put_task(make_task("a"), [NewEvent("submitted")])
-    await store.write(TaskWrite("a", events=(NewEvent("seen"),)))
-    held = store.execute_nowait(TaskWrite("a", state=TaskState.RUNNING, events=(NewEvent("hold"),)))
-    await trio.to_thread.run_sync(backend.held.wait)
-    after = store.execute_nowait(
-        TaskWrite("a", expect=frozenset({TaskState.RUNNING}), events=(NewEvent("after"),))
-    )
-    await trio.testing.wait_all_tasks_blocked()
-    # Decided in trio while the batch before it is being written.
-    assert backend.decided[-1] == after.command
-    assert not held.done
+    it running, is decided. Both pending writes; the held one is released."""
+    try:
+        await store.put_task(make_task("a"), [NewEvent("submitted")])
+        await store.write(TaskWrite("a", events=(NewEvent("seen"),)))
+        held = store.execute_nowait(
+            TaskWrite("a", state=TaskState.RUNNING, events=(NewEvent("hold"),))
+        )
+        await trio.to_thread.run_sync(backend.held.wait)
+        after = store.execute_nowait(
+            TaskWrite("a", expect=frozenset({TaskState.RUNNING}), events=(NewEvent("after"),))
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        # Decided in trio while the batch before it is being written.
+        assert backend.decided[-1] == after.command
+        assert not held.done
+    finally:
+        backend.release.set()
     return held, after
 
 
 async def test_the_next_batch_is_decided_while_one_is_written(path: Path) -> None:
     backend = HeldBackend(path, fail=False)
     async with storage.open_store(backend) as store:
-        try:
-            held, after = await _held_then(store, backend)
-        finally:
-            backend.release.set()
+        held, after = await _held_then(store, backend)
         await held.wait()
         result = await after.wait()
         assert isinstance(result, TaskWriteResult)
@@ -526,10 +528,7 @@ async def test_a_batch_decided_on_a_batch_that_failed_is_decided_again(path: Pat
     # database, where the task is still pending, so its fence refuses it.
     backend = HeldBackend(path, fail=True)
     async with storage.open_store(backend) as store:
-        try:
-            held, after = await _held_then(store, backend)
-        finally:
-            backend.release.set()
+        held, after = await _held_then(store, backend)
         with pytest.raises(BackendUnavailableError):
             await held.wait()
         with pytest.raises(storage.ConflictError):
