@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
@@ -288,27 +289,13 @@ class TaskDraft(PendingWrite):
 
 
 class _Writing:
-    """``fn()`` in a worker thread, started now; await ``result()`` for what
-    it returned.
-
-    Not ``trio.to_thread.run_sync``, whose limiter yields to every runnable
-    task before the thread starts: after a batch wakes thousands of writers,
-    the next batch, decided already, would wait for all of them to run
-    (issue #5). The storage actor writes one batch at a time: it needs no
-    limiter. Started by whichever task has the plan when the worker is free:
-    a hand-over from the deciding task to the committer would cost that
-    same turn of every runnable task.
-    """
+    """A job for the worker (``_Worker.submit``); await ``result()`` for
+    what it returned."""
 
     def __init__(self, fn: Callable[[], list[object]]) -> None:
+        self.fn = fn
         self._done = trio.Event()
         self._result: outcome.Outcome[list[object]] | None = None
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[list[object]]) -> None:
-            token.run_sync_soon(self._deliver, result)
-
-        trio.lowlevel.start_thread_soon(fn, deliver, name="taskactors storage writer")
 
     def _deliver(self, result: outcome.Outcome[list[object]]) -> None:
         self._result = result
@@ -324,6 +311,51 @@ class _Writing:
         return self._result.unwrap()
 
 
+class _Worker:
+    """The storage actor's worker thread: runs the jobs submitted, one after
+    another, in the order submitted.
+
+    The thread takes the next job as soon as it is done with one, without
+    going back to trio: a batch decided while the one before it is written
+    starts the moment that one commits (issue #5; going through trio costs
+    a turn of every runnable task, tens of ms after a batch woke thousands
+    of writers). Not ``trio.to_thread.run_sync`` either, whose limiter
+    yields to every runnable task before the thread starts. The thread
+    lives while there is work; trio's thread cache keeps it for the next.
+    """
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._jobs: collections.deque[_Writing] = collections.deque()
+        self._running = False
+
+    def submit(self, fn: Callable[[], list[object]]) -> _Writing:
+        """Queue ``fn()`` behind the jobs submitted before it."""
+        job = _Writing(fn)
+        with self._lock:
+            self._jobs.append(job)
+            if self._running:
+                return job
+            self._running = True
+        trio.lowlevel.start_thread_soon(self._run, _ignore, name="taskactors storage writer")
+        return job
+
+    def _run(self) -> None:
+        # In the worker thread.
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                job = self._jobs.popleft()
+            self._token.run_sync_soon(job._deliver, outcome.capture(job.fn))
+
+
+def _ignore(_: object) -> None:
+    """What the worker thread's own end delivers: nothing (each job delivers its result)."""
+
+
 @attrs.define
 class _Planned:
     """A batch on its way from the deciding task to the committer."""
@@ -334,10 +366,8 @@ class _Planned:
     plan: object
     now: float
     alone: trio.Event | None
-    #: Being written already: the deciding task found the worker free.
+    #: The planned batch being written (queued to the worker).
     writing: _Writing | None = None
-    #: Its place in the order batches are taken (and must be written).
-    number: int = 0
 
 
 class StorageActor:
@@ -368,9 +398,7 @@ class StorageActor:
         self._in_hand: list[list[PendingWrite]] = []
         #: False only while the committer waits for a batch with none in
         #: hand: then the deciding task starts the next write itself.
-        self._writing = False
-        self._taken = 0
-        self._last_written = -1
+        self._worker: _Worker | None = None
         self.batches = 0
         self.writes = 0
         # Fault injection (actors.testing): fail the next N writes / hang until.
@@ -526,7 +554,7 @@ class StorageActor:
         decided once it is."""
         send, receive = trio.open_memory_channel[_Planned](0)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._commit, backend, receive)
+            nursery.start_soon(self._commit, receive)
             async with send:
                 while await self._wait_for_writes():
                     batch = self._take_batch()
@@ -536,14 +564,12 @@ class StorageActor:
                     if not (self.fail_next or self.hang_until is not None):
                         plan = backend.plan(commands, now)
                     alone = None if plan is not None else trio.Event()
-                    item = _Planned(batch, commands, plan, now, alone, number=self._taken)
-                    self._taken += 1
+                    item = _Planned(batch, commands, plan, now, alone)
                     try:
                         if plan is not None:
                             await self._decide(backend, plan, commands)
-                            if not self._writing:
-                                # The committer waits for it: write it now.
-                                item.writing = self._write(backend, item)
+                            execute = functools.partial(backend.execute_plan, plan, commands, now)
+                            item.writing = self._in_worker(execute)
                         await send.send(item)
                     except BaseException:
                         if item.writing is not None:
@@ -556,47 +582,23 @@ class StorageActor:
                     if alone is not None:
                         await alone.wait()
 
-    async def _commit(
-        self, backend: PlanningBackend, receive: trio.MemoryReceiveChannel[_Planned]
-    ) -> None:
-        """Write the decided batches in order, in the worker thread."""
+    async def _commit(self, receive: trio.MemoryReceiveChannel[_Planned]) -> None:
+        """Answer the batches in order, as the worker writes them (a batch
+        that cannot be planned is applied here, alone)."""
         async with receive:
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    # Idle: the deciding task may start the next write itself
-                    # (the next item it sends is the next one written).
-                    self._writing = False
-                    try:
-                        item = await receive.receive()
-                    except trio.EndOfChannel:
-                        return
-                except trio.EndOfChannel:
-                    return
-                commands, plan = item.commands, item.plan
-                if (
-                    item.writing is None
-                    and plan is not None
-                    and (self.fail_next or self.hang_until is not None)
-                ):
-                    backend.abandon(plan)  # a fault injected since: the long way
-                    plan = None
-                if plan is None:
-                    outcomes = await self._outcomes(commands, self._run_backend(commands))
+            async for item in receive:
+                if item.writing is None:
+                    outcomes = await self._outcomes(item.commands, self._run_backend(item.commands))
                     self._done_with(item.batch, outcomes)
                 else:
-                    await self._written(item, item.writing or self._write(backend, item))
+                    await self._written(item, item.writing)
                 if item.alone is not None:
                     item.alone.set()
 
-    def _write(self, backend: PlanningBackend, item: _Planned) -> _Writing:
-        """Start writing a decided batch in the worker thread."""
-        # Batches are written in the order they were taken, whoever starts them.
-        assert item.number > self._last_written, "a batch would be written out of order"
-        self._last_written = item.number
-        self._writing = True
-        return _Writing(functools.partial(backend.execute_plan, item.plan, item.commands, item.now))
+    def _in_worker(self, fn: Callable[[], list[object]]) -> _Writing:
+        if self._worker is None:
+            self._worker = _Worker()
+        return self._worker.submit(fn)
 
     async def _written(self, item: _Planned, writing: _Writing) -> None:
         """Wait until a planned batch is written; answer its writers."""
@@ -629,7 +631,7 @@ class StorageActor:
             now = self._clock.now()
             if self._threaded:
                 apply = functools.partial(self._backend.apply, rest, now)
-                outcomes.extend(await _Writing(apply).result())
+                outcomes.extend(await self._in_worker(apply).result())
             else:
                 outcomes.extend(self._backend.apply(rest, now))
         return outcomes
