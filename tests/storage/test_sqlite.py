@@ -487,10 +487,14 @@ def _holds(command: Command) -> bool:
     return isinstance(command, TaskWrite) and any(e.kind == "hold" for e in command.events)
 
 
-async def _held_then(store: storage.Store, backend: HeldBackend) -> tuple[Any, Any]:
+async def _held_then(
+    store: storage.Store, backend: HeldBackend, *, release: bool = True
+) -> tuple[Any, Any]:
     """Task "a" (pending, its row held by the writer); a write that makes it
     running is held in the worker thread while the next one, which expects
-    it running, is decided. Both pending writes; the held one is released."""
+    it running, is decided. Both pending writes; the held one is released
+    (unless ``release`` is false, or something failed)."""
+    released = False
     try:
         await store.put_task(make_task("a"), [NewEvent("submitted")])
         await store.write(TaskWrite("a", events=(NewEvent("seen"),)))
@@ -505,8 +509,10 @@ async def _held_then(store: storage.Store, backend: HeldBackend) -> tuple[Any, A
         # Decided in trio while the batch before it is being written.
         assert backend.decided[-1] == after.command
         assert not held.done
+        released = not release
     finally:
-        backend.release.set()
+        if not released:
+            backend.release.set()
     return held, after
 
 
@@ -539,6 +545,37 @@ async def test_a_batch_decided_on_a_batch_that_failed_is_decided_again(path: Pat
         # The writer's rows are right again: the next writes are decided on them.
         result = await store.write(TaskWrite("a", state=TaskState.RUNNING))
         assert result.record.state is TaskState.RUNNING and result.record.last_seq == 2
+
+
+async def test_a_closing_store_answers_the_batches_being_written_with_the_truth(
+    path: Path,
+) -> None:
+    # The store is cancelled with one batch in the worker and the next one
+    # decided and queued behind it: both are written, and their writers get
+    # their real outcomes, not "closed before applied".
+    backend = HeldBackend(path, fail=False)
+
+    async def release_once_all_wait() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        backend.release.set()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            async with storage.open_store(backend) as store:
+                held, after = await _held_then(store, backend, release=False)
+                nursery.start_soon(release_once_all_wait)
+                scope.cancel()
+    assert isinstance(held.outcome_nowait(), TaskWriteResult)
+    result = after.outcome_nowait()
+    assert isinstance(result, TaskWriteResult)
+    assert [e.kind for e in result.events] == ["after"]
+    async with storage.open_store(SQLiteBackend(path)) as store:
+        assert [e.kind for e in await store.read_events("a")] == [
+            "submitted",
+            "seen",
+            "hold",
+            "after",
+        ]
 
 
 async def test_batches_commit_in_the_order_their_writes_were_queued(path: Path) -> None:
