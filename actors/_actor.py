@@ -134,6 +134,7 @@ class TaskActor(ActorLock):
         "_stopped",
         "_write_error",
         "epoch",
+        "holds_slot",
         "inbox",
         "journal",
         "journal_end",
@@ -176,6 +177,8 @@ class TaskActor(ActorLock):
         self._write_error: StorageError | None = None
         self._lost: ActorsError | None = None
         self._stopped = False
+        #: Whether the actor holds one of the runtime's run slots (max_running).
+        self.holds_slot = False
 
     # -- conveniences ------------------------------------------------------
     @property
@@ -513,12 +516,17 @@ class TaskActor(ActorLock):
 
     # -- runs ----------------------------------------------------------------
     def _end_run(self) -> None:
-        """Cancel the current run (its state change is written by the caller)."""
+        """Cancel the current run, or forget the one about to start (a message
+        handled before it began); its state change is written by the caller,
+        who sets ``_next`` after this if another run is to follow."""
+        self._next = None
         if self._run_scope is not None:
             self._run_scope.cancel()
 
     async def _attempts(self, scope: trio.CancelScope, request: Request) -> None:
         async with self._lock:
+            if request.run != self.run:
+                return  # a run decided before a message started another
             if self.state is S.PENDING:
                 # Durable before the handler runs: whoever sees the handler's
                 # effects reads the task as running.
@@ -626,7 +634,6 @@ class TaskActor(ActorLock):
         """Run until the task is finished, passivated, or lost. Never raises
         but Cancelled (a crash is logged and the task released)."""
         try:
-            self._boot()
             while not await self._settled():
                 request, self._next = self._next, None
                 assert request is not None
@@ -634,16 +641,16 @@ class TaskActor(ActorLock):
                 scope = self._run_scope = trio.CancelScope()
                 try:
                     with scope:
-                        limiter = self.runtime._run_limiter
-                        if limiter is None:
-                            await self._attempts(scope, request)
-                        else:
-                            async with limiter:
-                                await self._attempts(scope, request)
+                        slots = self.runtime._slots
+                        if slots is not None and not self.holds_slot:
+                            await slots.acquire()
+                            self.holds_slot = True
+                        await self._attempts(scope, request)
                 finally:
                     if self._run_scope is scope:
                         self._run_scope = None
                         self._hb_scope = None
+                    self._give_slot_back()
                 if self._lost is not None:
                     raise self._lost
         except OwnershipLostError:
@@ -655,8 +662,19 @@ class TaskActor(ActorLock):
             self.runtime._actor_crashed(self)
         finally:
             self._stop()
+            self._give_slot_back()  # (one it was started with and never ran)
 
-    def _boot(self) -> None:
+    def _give_slot_back(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            slots = self.runtime._slots
+            assert slots is not None
+            slots.release()
+
+    def boot(self) -> None:
+        """Decide the actor's first run, as the task stands when it is started:
+        called by the runtime before ``serve`` and before any message can be
+        handled (a message handled first would make that run stale)."""
         if self.state is S.RUNNING:
             # A run interrupted by a crash, a shutdown or a lost lease goes on here.
             recovered = _event("recovered", {"node": self.runtime.node_id, "epoch": self.epoch})
@@ -818,7 +836,6 @@ class TaskActor(ActorLock):
         if transition(self.state, Command.CANCEL, self.task_id) is self.state:
             return  # cancel of a cancelled task: no-op
         self._end_run()
-        self._next = None
         self._pause_requested = False
         data = {"reason": reason} if reason else None
         await self._transition(

@@ -66,6 +66,7 @@ from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
 from ._messages import CancelTask, Message, SendInput, SendSignal, Signal
+from ._slots import RunSlots
 
 log = logging.getLogger("taskactors.runtime")
 
@@ -126,7 +127,10 @@ class Runtime:
         self.node_id = node_id
         self.lease = lease
         self.hub = EventHub(subscriber_buffer)
-        self._run_limiter = trio.CapacityLimiter(max_running) if max_running else None
+        #: The bound of max_running (None: unbounded); see RunSlots.
+        self._slots = (
+            RunSlots(max_running, self._start_waiting) if max_running is not None else None
+        )
         self._actors: dict[str, TaskActor] = {}
         self._starting: dict[str, trio.Event] = {}
         #: Tasks in flight whose handler is not registered here (id -> record).
@@ -242,8 +246,15 @@ class Runtime:
             if user_id is not None and existing.user_id != user_id:
                 raise TaskExists(existing.id)
             return TaskInfo.from_record(existing)
-        self._start_actor(result.record, (), ())
-        return TaskInfo.from_record(result.record)
+        record = result.record
+        slots = self._slots
+        if slots is None:
+            self._start_actor(record, (), ())
+        elif slots.take_nowait():
+            self._start_actor(record, (), ()).holds_slot = True
+        else:
+            slots.waiting[record.id] = record  # no actor until a slot frees
+        return TaskInfo.from_record(record)
 
     # -- messages ------------------------------------------------------------
     async def send(self, task_id: str, input: Any, *, user_id: str | None = None) -> TaskInfo:
@@ -502,6 +513,7 @@ class Runtime:
         """Live actors, orphaned tasks, store batches and writes, watches."""
         return {
             "actors": len(self._actors),
+            "waiting": len(self._slots.waiting) if self._slots is not None else 0,
             "orphaned": len(self.orphaned),
             **self.store.statistics(),
             **self.hub.statistics(),
@@ -530,6 +542,10 @@ class Runtime:
             actor = self._actors.get(task_id)
             if actor is not None:
                 return actor
+            if self._slots is not None and task_id in self._slots.waiting:
+                # Waiting for a slot, without an actor: it gets one for the
+                # message now (its run, if any, still waits for a slot).
+                return self._start_actor(self._slots.waiting.pop(task_id), (), ())
             if task_id in self._starting:
                 await self._starting[task_id].wait()
                 continue
@@ -558,9 +574,17 @@ class Runtime:
         self._check_open()
         assert self._nursery is not None
         actor = TaskActor(self, self.app.spec(record.name), record, journal, inbox)
+        actor.boot()
         self._actors[record.id] = actor
         self._nursery.start_soon(actor.serve)
         return actor
+
+    def _start_waiting(self, record: TaskRecord) -> bool:
+        """Start the actor of a task that waited for a slot, handing it the slot."""
+        if self._closing:
+            return False
+        self._start_actor(record, (), ()).holds_slot = True
+        return True
 
     def _forget(self, actor: TaskActor) -> None:
         if self._actors.get(actor.task_id) is actor:
@@ -634,6 +658,8 @@ class Runtime:
         for record in records:
             if record.id in self._actors or record.id in self._starting:
                 continue
+            if self._slots is not None and record.id in self._slots.waiting:
+                continue  # ours, waiting for a slot
             if record.name not in self.app:
                 if record.id not in self.orphaned:
                     log.warning(
@@ -767,9 +793,17 @@ async def open_runtime(
             The default, the host name, lets a restarted process on the same
             host take its tasks back at once.
         lease: seconds a node owns its tasks without renewing (renewed every lease/3).
-        max_running: at most this many handler runs at once (others wait, pending).
+        max_running: at most this many handler runs at once; the others wait
+            for a slot, oldest first. A task submitted here waits ``pending``
+            with no actor at all (the store holds it; see ``RunSlots``).
+            None: no bound.
         subscriber_buffer: events a subscriber may fall behind before it lags.
+
+    Raises:
+        ValueError: max_running is below 1.
     """
+    if max_running is not None and max_running < 1:
+        raise ValueError(f"max_running must be at least 1 (or None: no bound), not {max_running}")
     async with AsyncExitStack() as stack:
         if isinstance(store, str):
             store = await stack.enter_async_context(storage.open(store))
