@@ -110,6 +110,15 @@ LAST_SEQ, DONE, TOTAL, ERROR = (
 _MUTABLE: tuple[str, ...] = ("state", "input", "updated_at", "owner", "lease_expires", "epoch")
 _MUTABLE += ("run", "last_seq", "progress_done", "progress_total", "error")
 _mutable = operator.itemgetter(*(_AT[name] for name in _MUTABLE))
+#: The mutable columns no index holds. A write that changes none of state,
+#: owner and lease (a step result, an event, progress) updates only these:
+#: SQLite rewrites the entries of every index whose columns a SET names,
+#: changed or not (issue #5: the update of a task row was the writer's
+#: largest cost, ~25 us a row, most of it the two indexes).
+_UNINDEXED: tuple[str, ...] = tuple(
+    name for name in _MUTABLE if name not in ("state", "owner", "lease_expires")
+)
+_unindexed = operator.itemgetter(*(_AT[name] for name in _UNINDEXED))
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 #: A row's state text -> the state (a dict lookup, where TaskState(text) is a call).
 _STATE = {state.value: state for state in TaskState}
@@ -122,11 +131,16 @@ _LOAD = (
     " WHERE id IN (SELECT value FROM json_each(?))"
 )
 _SELECT_TASK = f"SELECT {TASKS.columns} FROM tasks WHERE id = ?"
-_UPDATE_TASKS = (
+_UPDATE = (
     "WITH v ({columns}) AS (VALUES {{rows}}) UPDATE tasks SET {sets} FROM v WHERE tasks.id = v.id"
-).format(
+)
+_UPDATE_TASKS = _UPDATE.format(
     columns=", ".join(f'"{name}"' for name in ("id", *_MUTABLE)),
     sets=", ".join(f'"{name}" = v."{name}"' for name in _MUTABLE),
+)
+_TOUCH_TASKS = _UPDATE.format(
+    columns=", ".join(f'"{name}"' for name in ("id", *_UNINDEXED)),
+    sets=", ".join(f'"{name}" = v."{name}"' for name in _UNINDEXED),
 )
 _PADDED = " SELECT * FROM (VALUES {rows}) WHERE column1 IS NOT NULL"
 _INSERT_TASKS = f"INSERT INTO tasks ({TASKS.columns})" + _PADDED
@@ -221,7 +235,9 @@ class WriteBatch:
         #: Ids known not to exist.
         self.missing: set[str] = set()
         self.created: dict[str, None] = {}
-        self.changed: dict[str, None] = {}
+        #: Ids of the tasks changed -> whether an indexed column (state,
+        #: owner, lease) may have changed.
+        self.changed: dict[str, bool] = {}
         self.events: list[StoredEvent] = []
         self.journal: list[tuple[Any, ...]] = []
         self.results: list[tuple[str, str]] = []
@@ -232,6 +248,8 @@ class WriteBatch:
         #: them (copies: a plan decided after this one may change the rows).
         self.task_inserts: list[tuple[Any, ...]] = []
         self.task_updates: list[tuple[Any, ...]] = []
+        #: Updates of the unindexed columns only (see ``_UNINDEXED``).
+        self.task_touches: list[tuple[Any, ...]] = []
         #: The backend's row generation this batch was planned on (see
         #: ``SQLiteBackend.plan``).
         self.generation = 0
@@ -289,9 +307,13 @@ class WriteBatch:
         rows = self.rows
         if self.created:
             self.task_inserts.extend(tuple(rows[i]) for i in self.created)
-        changed = [i for i in self.changed if i not in self.created]
-        if changed:
-            self.task_updates.extend((i, *_mutable(rows[i])) for i in changed)
+        created = self.created
+        for i, reindex in self.changed.items():
+            if i not in created:
+                if reindex:
+                    self.task_updates.append((i, *_mutable(rows[i])))
+                else:
+                    self.task_touches.append((i, *_unindexed(rows[i])))
         self.touched.update(self.created)
         self.touched.update(self.changed)
         self.created = {}
@@ -363,6 +385,9 @@ class WriteBatch:
         if self.task_updates:
             write_rows(connection, _UPDATE_TASKS, 1 + len(_MUTABLE), self.task_updates)
             self.task_updates = []
+        if self.task_touches:
+            write_rows(connection, _TOUCH_TASKS, 1 + len(_UNINDEXED), self.task_touches)
+            self.task_touches = []
 
     def _write_rows(self) -> None:
         connection = self._db
@@ -508,7 +533,10 @@ class WriteBatch:
             row[ERROR] = write.error
         if write.release:
             row[OWNER] = row[LEASE] = None
-        self.changed[task_id] = None
+        changed = self.changed
+        changed[task_id] = (
+            write.state is not None or write.release or changed.get(task_id, False)
+        )
 
         if write.discard_run is not None:
             run = write.discard_run
@@ -561,7 +589,7 @@ class WriteBatch:
         row[OWNER] = command.node_id
         row[LEASE] = command.lease_until
         row[EPOCH] += 1
-        self.changed[command.task_id] = None
+        self.changed[command.task_id] = True
         return TASKS.from_row(row)
 
     def _update_status(self, command: UpdateStatus) -> TaskWriteResult | None:
@@ -575,7 +603,7 @@ class WriteBatch:
         events = self._append_events(command.task_id, row, [NewEvent("state", encode(data))])
         row[STATE] = command.status.value
         row[UPDATED] = self.now
-        self.changed[command.task_id] = None
+        self.changed[command.task_id] = True
         return TaskWriteResult(TASKS.from_row(row), events)
 
 
