@@ -159,7 +159,7 @@ _RELEASE = "UPDATE tasks SET owner = NULL, lease_expires = NULL WHERE owner = ?"
 #: can hold them, padded with rows of NULLs that the statements skip. Fixed
 #: sizes keep the statement texts few (cached, parsed once) and the steps of
 #: a batch few: each statement is one trip out of the GIL and back.
-_SIZES = (16, 128, 1024, 4096)
+_SIZES = (16, 64, 256, 1024, 4096)
 
 
 def write_rows(
