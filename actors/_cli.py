@@ -74,6 +74,17 @@ def gc_threshold(text: str) -> tuple[int, int, int] | None:
     return values[0], values[1], values[2]
 
 
+def positive_count(text: str) -> int:
+    """``--max-running``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
+
+
 # -- serve and demo -------------------------------------------------------------------------
 def load_app(spec: str) -> App:
     """The ``App`` that ``module:attribute`` names (the current folder is importable).
@@ -111,7 +122,9 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     if args.gc_threshold is not None:
         gc.set_threshold(*args.gc_threshold)  # the server owns its process
     say = partial(print, flush=True)
-    async with open_runtime(app, args.store, node_id=args.node_id) as rt:
+    async with open_runtime(
+        app, args.store, node_id=args.node_id, max_running=args.max_running
+    ) as rt:
         resumed = await rt.list(states=["pending", "running"])
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -241,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the garbage collector's thresholds for this process, or 'python' for "
         f"CPython's own (default: {','.join(map(str, SERVE_GC_THRESHOLD))}: many tasks "
         "at once are many live objects)",
+    )
+    serve.add_argument(
+        "--max-running",
+        type=positive_count,
+        metavar="N",
+        help="at most N handlers at once; tasks submitted beyond wait pending, with no "
+        "actor (default: no bound)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log connections and more")
 

@@ -510,7 +510,8 @@ class Runtime:
         )
 
     def statistics(self) -> dict[str, Any]:
-        """Live actors, orphaned tasks, store batches and writes, watches."""
+        """Live actors, tasks waiting for a run slot (max_running) with no
+        actor, orphaned tasks, store batches and writes, watches."""
         return {
             "actors": len(self._actors),
             "waiting": len(self._slots.waiting) if self._slots is not None else 0,

@@ -534,9 +534,7 @@ class WriteBatch:
         if write.release:
             row[OWNER] = row[LEASE] = None
         changed = self.changed
-        changed[task_id] = (
-            write.state is not None or write.release or changed.get(task_id, False)
-        )
+        changed[task_id] = write.state is not None or write.release or changed.get(task_id, False)
 
         if write.discard_run is not None:
             run = write.discard_run

@@ -131,6 +131,8 @@ def test_the_defaults_follow_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert build_parser().parse_args(["serve", "--gc-threshold", "python"]).gc_threshold is None
     custom = build_parser().parse_args(["serve", "--gc-threshold", "1000,10,10"])
     assert custom.gc_threshold == (1000, 10, 10)
+    assert serve.max_running is None
+    assert build_parser().parse_args(["serve", "--max-running", "500"]).max_running == 500
 
 
 @pytest.mark.parametrize(
@@ -145,6 +147,8 @@ def test_the_defaults_follow_the_environment(monkeypatch: pytest.MonkeyPatch) ->
         ["serve", "--gc-threshold", "1,2"],
         ["serve", "--gc-threshold", "a,b,c"],
         ["serve", "--gc-threshold", "-1,10,10"],
+        ["serve", "--max-running", "0"],
+        ["serve", "--max-running", "many"],
     ],
 )
 def test_usage_errors_are_one_line_with_status_4(
