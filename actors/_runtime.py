@@ -246,7 +246,12 @@ class Runtime:
             if user_id is not None and existing.user_id != user_id:
                 raise TaskExists(existing.id)
             return TaskInfo.from_record(existing)
-        record = result.record
+        self._start_fresh(result.record)
+        return TaskInfo.from_record(result.record)
+
+    def _start_fresh(self, record: TaskRecord) -> None:
+        """Start the actor of a task that never ran (pending, no journal, no
+        inbox), or, under max_running with no slot free, queue its record."""
         slots = self._slots
         if slots is None:
             self._start_actor(record, (), ())
@@ -254,7 +259,6 @@ class Runtime:
             self._start_actor(record, (), ()).holds_slot = True
         else:
             slots.waiting[record.id] = record  # no actor until a slot frees
-        return TaskInfo.from_record(record)
 
     # -- messages ------------------------------------------------------------
     async def send(self, task_id: str, input: Any, *, user_id: str | None = None) -> TaskInfo:
@@ -654,6 +658,7 @@ class Runtime:
         thousand tasks costs a handful of transactions, not four round trips
         each (issue #5, scenario f).
         """
+        # (Oldest first: under max_running, the tasks that waited longest run first.)
         records = await self.store.list_claimable(self.node_id)
         wanted: builtins.list[str] = []
         for record in records:
@@ -712,8 +717,19 @@ class Runtime:
             ids = [record.id for record in claimed]
             journals = await self.store.read_journals(ids)
             inboxes = await self.store.list_inboxes(ids)
+            fresh: builtins.list[TaskRecord] = []
+            slots = self._slots
             for record in claimed:
-                self._start_actor(record, journals[record.id], inboxes[record.id])
+                journal, inbox = journals[record.id], inboxes[record.id]
+                if record.state is S.PENDING and not journal and not inbox:
+                    fresh.append(record)
+                    continue
+                # A run that was under way: its actor first, and a slot if free.
+                actor = self._start_actor(record, journal, inbox)
+                if slots is not None and slots.take_nowait():
+                    actor.holds_slot = True
+            for record in fresh:
+                self._start_fresh(record)  # under max_running, maybe only queued
         finally:
             for task_id, event in guards.items():
                 del self._starting[task_id]

@@ -149,3 +149,26 @@ async def test_a_bound_below_one_is_refused(store_url: str) -> None:
     with pytest.raises(ValueError, match="max_running must be at least 1"):
         async with actors.open_runtime(actors.App(), store_url, max_running=0):
             pass
+
+
+async def test_pending_tasks_resumed_on_open_wait_without_actors_too(
+    store_url: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    jobs = Gates()
+    async with reopenable(store_url) as store:
+        async with actors.open_runtime(jobs.app, store, node_id="n1", max_running=1) as rt:
+            infos = []
+            for i in range(4):
+                infos.append(await rt.submit("job", i))
+                await trio.sleep(1)  # distinct creation times: "oldest" is defined
+            await until(lambda: jobs.started == [0])
+        async with actors.open_runtime(jobs.app, store, node_id="n2", max_running=2) as rt:
+            # 0 was running (its actor resumes it first); 1, the oldest of
+            # the pending ones, takes the other slot; 2 and 3 wait, no actor.
+            await until(lambda: sorted(jobs.started) == [0, 0, 1])
+            stats = rt.statistics()
+            assert (stats["actors"], stats["waiting"]) == (2, 2)
+            for i in range(4):
+                jobs.gate(i).set()
+            assert [await rt.result(info.id) for info in infos] == [0, 1, 2, 3]
+    assert jobs.most == 2
