@@ -172,3 +172,22 @@ async def test_pending_tasks_resumed_on_open_wait_without_actors_too(
                 jobs.gate(i).set()
             assert [await rt.result(info.id) for info in infos] == [0, 1, 2, 3]
     assert jobs.most == 2
+
+
+async def test_a_run_cancelled_while_it_waits_for_a_slot_leaves_the_slot_free(
+    open_rt: OpenRuntime, autojump_clock: trio.testing.MockClock
+) -> None:
+    jobs = Gates()
+    async with open_rt(jobs.app, max_running=1) as rt:
+        first = await rt.submit("job", "first")
+        second = await rt.submit("job", "second")
+        await rt.signal(second.id, Signal.STOP)
+        await rt.send(second.id, "again")  # its actor parks, waiting for the slot
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await rt.cancel(second.id)).state is S.CANCELLED
+        jobs.gate("first").set()
+        assert await rt.result(first.id) == "first"
+        third = await rt.submit("job", "third")
+        jobs.gate("third").set()
+        assert await rt.result(third.id) == "third"
+    assert jobs.started == ["first", "third"]
