@@ -261,30 +261,43 @@ class TaskActor(ActorLock):
         elif isinstance(outcome, StorageError) and self._write_error is None:
             self._write_error = outcome
 
-    async def _commit(self, expect: frozenset[TaskState], **parts: Any) -> TaskWriteResult:
+    async def _commit(
+        self, expect: frozenset[TaskState], *, earlier: bool = True, **parts: Any
+    ) -> TaskWriteResult:
         """Write parts durably: return once the draft that holds them committed.
 
         Raises:
             OwnershipLostError, _Superseded: the write was fenced off or
                 compare-and-set failed (the actor must stop).
-            StorageError: the store failed to keep this or an earlier write.
+            StorageError: the store failed to keep this write, or (``earlier``)
+                an earlier fire-and-forget one.
         """
         draft = self._add(expect, **parts)
         await draft.wait_quietly()
-        return self._committed(draft)
+        return self._committed(draft, earlier=earlier)
 
-    def _committed(self, draft: TaskDraft) -> TaskWriteResult:
-        """The result of a draft that is done; raise what refused it (or an earlier one)."""
+    def _committed(self, draft: TaskDraft, *, earlier: bool = True) -> TaskWriteResult:
+        """The result of a draft that is done; raise what refused it, or, with
+        ``earlier``, what refused an earlier fire-and-forget write.
+
+        A transition passes ``earlier=False``: once it committed, the task has
+        moved, and raising then would report a failure for a change that was
+        made (to a message's sender) or crash the actor (at a run's end). The
+        earlier error stays for the run's next durable write, which fails with
+        it; ``_complete`` checks it before it writes.
+        """
         outcome = draft._outcome
         if self._lost is not None:
             raise self._lost from outcome if isinstance(outcome, StorageError) else None
-        error, self._write_error = self._write_error, None
         if isinstance(outcome, StorageError):
+            self._write_error = None
             raise outcome
-        if error is not None:
-            # The store failed to keep an earlier event: the run fails with it
-            # (and is retried by its policy) rather than going on as if written.
-            raise error
+        if earlier:
+            error, self._write_error = self._write_error, None
+            if error is not None:
+                # The store failed to keep an earlier event: the run fails with it
+                # (and is retried by its policy) rather than going on as if written.
+                raise error
         assert isinstance(outcome, TaskWriteResult)
         return outcome
 
@@ -305,7 +318,7 @@ class TaskActor(ActorLock):
         head = f'{{"from":"{old.value}","to":"{new.value}"'
         state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
         return await self._commit(
-            frozenset({old}), state=new, events=(*events, state_event), **fields
+            frozenset({old}), earlier=False, state=new, events=(*events, state_event), **fields
         )
 
     def _queue(self, **parts: Any) -> None:
@@ -614,6 +627,11 @@ class TaskActor(ActorLock):
             text = encode(value)
         except TypeError as exc:
             return TypeError(f"the result of task {self.task_id}: {exc}")
+        if self._write_error is not None:
+            # An event of this run was lost: the run fails (and is retried by
+            # its policy) rather than completing as if everything were written.
+            error, self._write_error = self._write_error, None
+            return error
         async with self._lock:
             if self._live(ctx) and self._lost is None:
                 await self._transition(
@@ -663,6 +681,12 @@ class TaskActor(ActorLock):
         finally:
             self._stop()
             self._give_slot_back()  # (one it was started with and never ran)
+            if self._write_error is not None:
+                log.warning(
+                    "task %s: the store failed to keep some of its events: %s",
+                    self.task_id,
+                    self._write_error,
+                )
 
     def _give_slot_back(self) -> None:
         if self.holds_slot:

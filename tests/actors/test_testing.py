@@ -250,3 +250,32 @@ def test_the_simulation_catches_a_runtime_that_reruns_stored_steps(
     assert failures
     assert any("ran again after its result was stored" in str(f) for f in failures)
     assert all(f"seed={f.seed}" in str(f) and "run_simulation(" in str(f) for f in failures)
+
+
+async def test_a_lost_event_fails_the_run_before_it_completes_and_crashes_nothing(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = actors.App()
+    runs: Counter[str] = Counter()
+
+    @app.task("noted", retries=1)
+    async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
+        runs["run"] += 1
+        if runs["run"] == 1:
+            testing.fail_writes(taskactors_store, 1)  # the write of this event fails
+        ctx.emit("note", {"run": runs["run"]})
+        await trio.sleep(1)  # the event is written (and refused) meanwhile
+        return "done"
+
+    async with taskactors_runtime(app) as rt:
+        info = await rt.submit("noted")
+        assert await rt.result(info.id) == "done"
+        events = await rt.history(info.id)
+    notes = [e.data for e in events if e.kind == "note"]
+    assert notes == [{"run": 2}]
+    assert [e.kind for e in events].count("retry") == 1
+    assert runs["run"] == 2
+    assert "crashed" not in caplog.text
