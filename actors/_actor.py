@@ -651,12 +651,14 @@ class TaskActor(ActorLock):
     async def serve(self) -> None:
         """Run until the task is finished, passivated, or lost. Never raises
         but Cancelled (a crash is logged and the task released)."""
+        refusals = 0
         try:
             while not await self._settled():
                 request, self._next = self._next, None
                 assert request is not None
                 # A run: the handler and its retries, in the run's own cancel scope.
                 scope = self._run_scope = trio.CancelScope()
+                refused: StorageError | None = None
                 try:
                     with scope:
                         slots = self.runtime._slots
@@ -664,6 +666,8 @@ class TaskActor(ActorLock):
                             await slots.acquire()
                             self.holds_slot = True
                         await self._attempts(scope, request)
+                except StorageError as exc:
+                    refused = exc
                 finally:
                     if self._run_scope is scope:
                         self._run_scope = None
@@ -671,6 +675,11 @@ class TaskActor(ActorLock):
                     self._give_slot_back()
                 if self._lost is not None:
                     raise self._lost
+                if refused is None:
+                    refusals = 0
+                else:
+                    refusals += 1
+                    await self._run_again_later(refused, refusals)
         except OwnershipLostError:
             log.info("task %s: ownership lost; actor stopped", self.task_id)
         except _Superseded as exc:
@@ -694,6 +703,22 @@ class TaskActor(ActorLock):
             slots = self.runtime._slots
             assert slots is not None
             slots.release()
+
+    async def _run_again_later(self, refused: StorageError, refusals: int) -> None:
+        """The store refused a transition of the run (its start, its end):
+        the task has not moved. Wait (doubling, up to 30 s on trio's clock),
+        then run it again from its journal if it is still pending or running
+        with no run going on (a message meanwhile may have moved it)."""
+        delay = min(0.5 * 2 ** (refusals - 1), 30.0)
+        log.warning(
+            "task %s: the store refused a write of its run (%s); it runs again in %.1f s",
+            self.task_id,
+            refused,
+            delay,
+        )
+        await trio.sleep(delay)
+        async with self._lock:
+            self._rearm()
 
     def boot(self) -> None:
         """Decide the actor's first run, as the task stands when it is started:
@@ -766,7 +791,22 @@ class TaskActor(ActorLock):
                 self._end_run()
                 self._stop()
                 raise ActorStoppedError(f"task {self.task_id} moved to another owner") from exc
+            except StorageError:
+                self._rearm()
+                raise
             return self.info()
+
+    def _rearm(self) -> None:
+        """After a message whose write the store refused: the task has not
+        moved, but the message may have ended its run already (Cancel, STOP
+        and interrupts cancel the run before they write). A task still
+        pending or running with no run going on gets its run again (replayed
+        from its journal), as after a recovery."""
+        if self.state not in ACTIVE_STATES or self._next is not None:
+            return
+        scope = self._run_scope
+        if scope is None or scope.cancel_called:
+            self._next = Request(decode(self.record.input), self.run)
 
     async def _on_input(self, value: Any) -> None:
         action = on_request(self.state, self.strategy, self.task_id)

@@ -279,3 +279,56 @@ async def test_a_lost_event_fails_the_run_before_it_completes_and_crashes_nothin
     assert [e.kind for e in events].count("retry") == 1
     assert runs["run"] == 2
     assert "crashed" not in caplog.text
+
+
+async def test_a_refused_start_runs_the_task_again_later_without_a_crash(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: Counter[str] = Counter()
+    async with taskactors_runtime(counting_app(ran)) as rt:
+        info = await rt.submit("three")
+        testing.fail_writes(taskactors_store, 1)  # the actor's START is the next write
+        assert await rt.result(info.id) == ["a", "b", "c"]
+        kinds = [(e.kind, e.data.get("to")) for e in await rt.history(info.id)]
+    assert kinds[:2] == [("state", "pending"), ("state", "running")]
+    assert ran == Counter({"a": 1, "b": 1, "c": 1})
+    assert "runs again in 0.5 s" in caplog.text
+    assert "crashed" not in caplog.text
+
+
+async def test_a_refused_cancel_leaves_the_task_running_and_its_run_starts_again(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = actors.App()
+    ran: Counter[str] = Counter()
+    entered = trio.Event()
+    release = trio.Event()
+
+    async def slow() -> str:
+        ran["slow"] += 1
+        entered.set()
+        await release.wait()
+        return "done"
+
+    @app.task("slow")
+    async def slow_task(ctx: actors.TaskContext, request: actors.Request) -> str:
+        return str(await ctx.step("slow", slow))
+
+    async with taskactors_runtime(app) as rt:
+        info = await rt.submit("slow")
+        await entered.wait()
+        testing.fail_writes(taskactors_store, 1)
+        with pytest.raises(storage.BackendUnavailableError):
+            await rt.cancel(info.id)  # the run was interrupted, the write refused
+        assert (await rt.get(info.id)).state is S.RUNNING
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran["slow"] == 2  # its run started again, replaying its journal
+        release.set()
+        assert await rt.result(info.id) == "done"
+    assert "crashed" not in caplog.text
