@@ -280,9 +280,10 @@ class TaskActor(ActorLock):
         """The result of a draft that is done; raise what refused it, or, with
         ``earlier``, what refused an earlier fire-and-forget write.
 
-        A transition passes ``earlier=False``: once it committed, the task has
-        moved, and raising then would report a failure for a change that was
-        made (to a message's sender) or crash the actor (at a run's end). The
+        A transition or a message's write passes ``earlier=False``: once it
+        committed, the task has moved, and raising then would report a failure
+        for a change that was made (to a message's sender, who might send it
+        again) or crash the actor (at a run's end). The
         earlier error stays for the run's next durable write, which fails with
         it; ``_complete`` checks it before it writes.
         """
@@ -829,7 +830,7 @@ class TaskActor(ActorLock):
         elif action is RequestAction.QUEUE:
             queued = _event("request_queued", {"position": len(self.inbox) + 1})
             result = await self._commit(
-                frozenset({self.state}), inbox_add=(text,), events=(queued,)
+                frozenset({self.state}), earlier=False, inbox_add=(text,), events=(queued,)
             )
             self._remember_inbox(result, text)
         else:
@@ -847,6 +848,7 @@ class TaskActor(ActorLock):
             rollback = action is RequestAction.ROLLBACK
             await self._commit(
                 frozenset({old}),
+                earlier=False,
                 state=running,
                 events=events,
                 input=text,

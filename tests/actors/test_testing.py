@@ -332,3 +332,37 @@ async def test_a_refused_cancel_leaves_the_task_running_and_its_run_starts_again
         release.set()
         assert await rt.result(info.id) == "done"
     assert "crashed" not in caplog.text
+
+
+async def test_a_request_queued_after_a_lost_event_is_answered_as_queued(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = actors.App()
+    runs: Counter[str] = Counter()
+    entered = trio.Event()
+    gate = trio.Event()
+
+    @app.task("noted", retries=1)
+    async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
+        runs["run"] += 1
+        if runs["run"] == 1:
+            testing.fail_writes(taskactors_store, 1)  # the write of this event fails
+        ctx.emit("note", {"run": runs["run"]})
+        await trio.sleep(1)  # the event is written (and refused) meanwhile
+        entered.set()
+        await gate.wait()
+        return "done"
+
+    async with taskactors_runtime(app) as rt:
+        info = await rt.submit("noted")
+        await entered.wait()
+        # The Request is queued: its sender is told so, not the run's lost event.
+        assert (await rt.send(info.id, "more")).state is S.RUNNING
+        gate.set()
+        assert await rt.result(info.id) == "done"
+        kinds = [e.kind for e in await rt.history(info.id)]
+    assert kinds.count("request_queued") == 1
+    assert kinds.count("retry") == 1
+    assert runs["run"] == 2
