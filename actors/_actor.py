@@ -261,31 +261,28 @@ class TaskActor(ActorLock):
         elif isinstance(outcome, StorageError) and self._write_error is None:
             self._write_error = outcome
 
-    async def _commit(
-        self, expect: frozenset[TaskState], *, earlier: bool = True, **parts: Any
-    ) -> TaskWriteResult:
+    async def _commit(self, expect: frozenset[TaskState], **parts: Any) -> TaskWriteResult:
         """Write parts durably: return once the draft that holds them committed.
 
         Raises:
             OwnershipLostError, _Superseded: the write was fenced off or
                 compare-and-set failed (the actor must stop).
-            StorageError: the store failed to keep this write, or (``earlier``)
-                an earlier fire-and-forget one.
+            StorageError: the store failed to keep this write.
         """
         draft = self._add(expect, **parts)
         await draft.wait_quietly()
-        return self._committed(draft, earlier=earlier)
+        return self._committed(draft)
 
-    def _committed(self, draft: TaskDraft, *, earlier: bool = True) -> TaskWriteResult:
-        """The result of a draft that is done; raise what refused it, or, with
-        ``earlier``, what refused an earlier fire-and-forget write.
+    def _committed(self, draft: TaskDraft) -> TaskWriteResult:
+        """The result of a draft that is done; raise what refused it.
 
-        A transition or a message's write passes ``earlier=False``: once it
-        committed, the task has moved, and raising then would report a failure
-        for a change that was made (to a message's sender, who might send it
-        again) or crash the actor (at a run's end). The
-        earlier error stays for the run's next durable write, which fails with
-        it; ``_complete`` checks it before it writes.
+        Not what refused an earlier fire-and-forget write: once this one
+        committed, the caller first keeps what it wrote (a step result it
+        must not run again, an inbox item consumed), then a write of the run
+        calls ``_raise_lost_write``. A transition or a message's write never
+        does: raising then would report a failure for a change that was made
+        (to a message's sender, who might send it again) or crash the actor
+        at a run's end; ``_complete`` checks before it writes.
         """
         outcome = draft._outcome
         if self._lost is not None:
@@ -293,14 +290,16 @@ class TaskActor(ActorLock):
         if isinstance(outcome, StorageError):
             self._write_error = None
             raise outcome
-        if earlier:
-            error, self._write_error = self._write_error, None
-            if error is not None:
-                # The store failed to keep an earlier event: the run fails with it
-                # (and is retried by its policy) rather than going on as if written.
-                raise error
         assert isinstance(outcome, TaskWriteResult)
         return outcome
+
+    def _raise_lost_write(self) -> None:
+        """Raise (once) what refused an earlier fire-and-forget write of the run:
+        the run fails with it (and is retried by its policy) rather than going
+        on as if it had been written."""
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
 
     async def _transition(
         self,
@@ -319,7 +318,7 @@ class TaskActor(ActorLock):
         head = f'{{"from":"{old.value}","to":"{new.value}"'
         state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
         return await self._commit(
-            frozenset({old}), earlier=False, state=new, events=(*events, state_event), **fields
+            frozenset({old}), state=new, events=(*events, state_event), **fields
         )
 
     def _queue(self, **parts: Any) -> None:
@@ -435,9 +434,11 @@ class TaskActor(ActorLock):
 
     def recorded(self, draft: TaskDraft, index: int, kind: str, name: str, value: str) -> None:
         """The second half of ``record_entry``, once the draft is done: raise
-        what refused it, or remember the entry."""
+        what refused it, or remember the entry (then raise a lost write of
+        the run: the entry is stored, and a replay must not run it again)."""
         self._committed(draft)
         self._remember(index, kind, name, value)
+        self._raise_lost_write()
 
     async def _dead_run(self) -> NoReturn:
         # A run that was ended must not record anything more: its scope is
@@ -475,6 +476,7 @@ class TaskActor(ActorLock):
                 )
                 self.inbox = self.inbox[1:]
                 self._remember(index, "ask", name, item.input)
+                self._raise_lost_write()
                 return decode(item.input)
             else:
                 data = {"question": decode(encode(question)), "index": index}
@@ -628,10 +630,9 @@ class TaskActor(ActorLock):
             text = encode(value)
         except TypeError as exc:
             return TypeError(f"the result of task {self.task_id}: {exc}")
-        if self._write_error is not None:
-            # An event of this run was lost: the run fails (and is retried by
-            # its policy) rather than completing as if everything were written.
-            error, self._write_error = self._write_error, None
+        try:
+            self._raise_lost_write()  # not completed as if everything were written
+        except StorageError as error:
             return error
         async with self._lock:
             if self._live(ctx) and self._lost is None:
@@ -830,7 +831,7 @@ class TaskActor(ActorLock):
         elif action is RequestAction.QUEUE:
             queued = _event("request_queued", {"position": len(self.inbox) + 1})
             result = await self._commit(
-                frozenset({self.state}), earlier=False, inbox_add=(text,), events=(queued,)
+                frozenset({self.state}), inbox_add=(text,), events=(queued,)
             )
             self._remember_inbox(result, text)
         else:
@@ -848,7 +849,6 @@ class TaskActor(ActorLock):
             rollback = action is RequestAction.ROLLBACK
             await self._commit(
                 frozenset({old}),
-                earlier=False,
                 state=running,
                 events=events,
                 input=text,

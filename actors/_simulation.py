@@ -6,8 +6,9 @@ Theory of operation
 trio's scheduler seeded, so one seed is one run, every time. A driver opens a
 runtime on one store and throws a random (seeded) stream of operations at a
 few tasks: submits, sends, pauses, resumes, stops, cancels, subscribers that
-connect and disconnect, crashes at random step points (the runtime stops as if
-killed: no more writes, leases kept) and graceful restarts. Each crash or
+connect and disconnect, write failures, crashes at random step points (the
+runtime stops as if killed: no more writes, leases kept) and graceful
+restarts; each incarnation runs with a random ``max_running`` (none, 1 or 2). Each crash or
 restart ends a runtime *incarnation*; the next one reopens on the same store.
 At the end a last incarnation answers, resumes and re-sends until the tasks
 settle, and the invariants are checked:
@@ -79,14 +80,23 @@ class SimulationReport:
     bodies: int
 
 
+#: Node-level duties that log the store's refusal and go on (the next
+#: renewal, the next open): expected when the store refuses on purpose.
+_NODE_DUTIES = ("could not renew leases", "could not release this node's tasks on close")
+
+
 class _ErrorLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        detail = f" ({record.exc_info[1]!r})" if record.exc_info else ""
-        self.messages.append(record.getMessage() + detail)
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if message in _NODE_DUTIES and isinstance(error, storage.StorageError):
+            return  # an injected write failure, reported as it should be
+        detail = f" ({error!r})" if error is not None else ""
+        self.messages.append(message + detail)
 
 
 def simulation_app() -> App:
@@ -172,8 +182,9 @@ class _Simulation:
                         return
                     if self.rng.random() < 0.1:
                         await trio.sleep(self.rng.choice([0.5, 2, 5]))
-        except ActorsError:
-            # Lagged (it then resumes next time from what it saw) or runtime closed.
+        except (ActorsError, storage.StorageError):
+            # Lagged (it then resumes next time from what it saw), runtime
+            # closed, or a read refused.
             return
 
     # -- operations -------------------------------------------------------------
@@ -183,7 +194,7 @@ class _Simulation:
         choices = ["send", "pause", "resume", "stop", "cancel", "watch", "watch", "sleep"]
         if len(self.task_ids) < self.task_count:
             choices += ["submit"] * 3
-        choices += ["crash_at", "crash_at", "crash_now", "restart"]
+        choices += ["crash_at", "crash_at", "crash_now", "restart", "fail_writes"]
         op = rng.choice(choices)
         task_id = rng.choice(self.task_ids) if self.task_ids else None
         self.trace.append(f"{op} {task_id or ''}".strip())
@@ -213,6 +224,9 @@ class _Simulation:
                 point: Point = rng.choice(POINTS)
                 step = f"s{rng.randint(0, 3)}"
                 rt._crash_points.append(CrashPoint(point, step, rng.choice([None, task_id])))
+            elif op == "fail_writes":
+                # The next writes fail, whoever makes them (as testing.fail_writes).
+                rt.store._writer.fail_next = rng.randint(1, 3)
             elif op == "crash_now":
                 self.crashes += 1
                 rt._crash()
@@ -220,15 +234,17 @@ class _Simulation:
             elif op == "restart":
                 self.restarts += 1
                 return "restart"
-        except ActorsError:
-            pass  # invalid transitions, rejected requests, a crash that just happened...
+        except (ActorsError, storage.StorageError):
+            pass  # invalid transitions, rejected requests, failed writes, a crash...
         if rt._crashed:
             self.crashes += 1
             return "crash"
         return ""
 
     async def _incarnation(self, store: storage.Store) -> None:
-        async with open_runtime(self.app, store, node_id=NODE, lease=10) as rt:
+        bound = self.rng.choice([None, None, 1, 2])
+        self.trace.append(f"open max_running={bound}")
+        async with open_runtime(self.app, store, node_id=NODE, lease=10, max_running=bound) as rt:
             rt._observers.append(self._observer(store))
             async with trio.open_nursery() as nursery:
                 while self.operations > 0:
@@ -237,6 +253,7 @@ class _Simulation:
                         break
                     await trio.sleep(self.rng.choice([0, 0, 0.5, 1]))
                 nursery.cancel_scope.cancel()
+        store._writer.fail_next = 0  # failures injected are transient: not the next open's
 
     async def _settle(self, store: storage.Store) -> dict[str, str]:
         async with open_runtime(self.app, store, node_id=NODE, lease=10) as rt:
