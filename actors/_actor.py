@@ -514,7 +514,18 @@ class TaskActor(ActorLock):
         )
 
     async def join(self, task_id: str) -> dict[str, Any]:
-        info = await self.runtime.wait(task_id)
+        slots = self.runtime._slots
+        if slots is not None and self.holds_slot:
+            # Waiting for another task, the run gives its slot back: under
+            # max_running=N, N parents waiting for their children would
+            # otherwise leave no slot for the children (a deadlock). It
+            # waits its turn (ahead of tasks not started yet) after.
+            self._give_slot_back()
+            info = await self.runtime.wait(task_id)
+            await slots.acquire()
+            self.holds_slot = True
+        else:
+            info = await self.runtime.wait(task_id)
         if info.state is S.COMPLETED:
             return {"result": await self.store.get_result(task_id)}
         stored = await self.store.get_exception(task_id)

@@ -191,3 +191,23 @@ async def test_a_run_cancelled_while_it_waits_for_a_slot_leaves_the_slot_free(
         jobs.gate("third").set()
         assert await rt.result(third.id) == "third"
     assert jobs.started == ["first", "third"]
+
+
+async def test_a_parent_waiting_for_its_child_lends_its_slot(
+    open_rt: OpenRuntime, autojump_clock: trio.testing.MockClock
+) -> None:
+    app = actors.App()
+
+    @app.task("child")
+    async def child(ctx: actors.TaskContext, request: actors.Request) -> int:
+        return int(await ctx.step("double", _echo, request.input * 2))
+
+    @app.task("parent")
+    async def parent(ctx: actors.TaskContext, request: actors.Request) -> int:
+        kids = [await ctx.spawn("child", i) for i in range(3)]
+        return sum([await ctx.result(kid.id) for kid in kids])
+
+    async with open_rt(app, max_running=1) as rt:
+        info = await rt.submit("parent")
+        with trio.fail_after(60):  # trio's clock: a deadlock fails, it does not hang
+            assert await rt.result(info.id) == 6
