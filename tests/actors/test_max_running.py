@@ -110,16 +110,24 @@ async def test_cancel_of_a_waiting_task_never_runs_it_and_takes_no_slot(
     assert jobs.started == ["first", "third"]
 
 
+async def first_and_parked_second(rt: actors.Runtime) -> tuple[actors.TaskInfo, actors.TaskInfo]:
+    """With max_running=1: "first" runs; "second", waiting, is stopped (its
+    actor starts for the message), then sent "again": a new run whose actor
+    parks for the slot."""
+    first = await rt.submit("job", "first")
+    second = await rt.submit("job", "second")
+    assert (await rt.signal(second.id, Signal.STOP)).state is S.STOPPED
+    await rt.send(second.id, "again")
+    await trio.testing.wait_all_tasks_blocked()
+    return first, second
+
+
 async def test_a_signalled_waiting_task_gets_its_actor_and_its_run_still_waits(
     open_rt: OpenRuntime, autojump_clock: trio.testing.MockClock
 ) -> None:
     jobs = Gates()
     async with open_rt(jobs.app, max_running=1) as rt:
-        first = await rt.submit("job", "first")
-        second = await rt.submit("job", "second")
-        assert (await rt.signal(second.id, Signal.STOP)).state is S.STOPPED
-        await rt.send(second.id, "again")  # a new run: its handler waits for the slot
-        await trio.testing.wait_all_tasks_blocked()
+        first, second = await first_and_parked_second(rt)
         assert jobs.started == ["first"]
         jobs.gate("first").set()
         jobs.gate("again").set()
@@ -179,11 +187,7 @@ async def test_a_run_cancelled_while_it_waits_for_a_slot_leaves_the_slot_free(
 ) -> None:
     jobs = Gates()
     async with open_rt(jobs.app, max_running=1) as rt:
-        first = await rt.submit("job", "first")
-        second = await rt.submit("job", "second")
-        await rt.signal(second.id, Signal.STOP)
-        await rt.send(second.id, "again")  # its actor parks, waiting for the slot
-        await trio.testing.wait_all_tasks_blocked()
+        first, second = await first_and_parked_second(rt)
         assert (await rt.cancel(second.id)).state is S.CANCELLED
         jobs.gate("first").set()
         assert await rt.result(first.id) == "first"

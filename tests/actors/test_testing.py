@@ -255,24 +255,37 @@ def test_the_simulation_catches_a_runtime_that_reruns_stored_steps(
     assert all(f"seed={f.seed}" in str(f) and "run_simulation(" in str(f) for f in failures)
 
 
+def noted_app(
+    store: storage.Store, runs: Counter[str], entered: trio.Event, gate: trio.Event
+) -> actors.App:
+    """Task "noted" (one retry): emits a note whose write fails in the first
+    run, then sets ``entered``, waits for ``gate`` and returns "done"."""
+    app = actors.App()
+
+    @app.task("noted", retries=1)
+    async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
+        runs["run"] += 1
+        if runs["run"] == 1:
+            testing.fail_writes(store, 1)  # the write of this event fails
+        ctx.emit("note", {"run": runs["run"]})
+        await trio.sleep(1)  # the event is written (and refused) meanwhile
+        entered.set()
+        await gate.wait()
+        return "done"
+
+    return app
+
+
 async def test_a_lost_event_fails_the_run_before_it_completes_and_crashes_nothing(
     taskactors_runtime: OpenRuntime,
     taskactors_store: storage.Store,
     autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = actors.App()
     runs: Counter[str] = Counter()
-
-    @app.task("noted", retries=1)
-    async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
-        runs["run"] += 1
-        if runs["run"] == 1:
-            testing.fail_writes(taskactors_store, 1)  # the write of this event fails
-        ctx.emit("note", {"run": runs["run"]})
-        await trio.sleep(1)  # the event is written (and refused) meanwhile
-        return "done"
-
+    gate = trio.Event()
+    gate.set()
+    app = noted_app(taskactors_store, runs, trio.Event(), gate)
     async with taskactors_runtime(app) as rt:
         info = await rt.submit("noted")
         assert await rt.result(info.id) == "done"
@@ -342,22 +355,10 @@ async def test_a_request_queued_after_a_lost_event_is_answered_as_queued(
     taskactors_store: storage.Store,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    app = actors.App()
     runs: Counter[str] = Counter()
     entered = trio.Event()
     gate = trio.Event()
-
-    @app.task("noted", retries=1)
-    async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
-        runs["run"] += 1
-        if runs["run"] == 1:
-            testing.fail_writes(taskactors_store, 1)  # the write of this event fails
-        ctx.emit("note", {"run": runs["run"]})
-        await trio.sleep(1)  # the event is written (and refused) meanwhile
-        entered.set()
-        await gate.wait()
-        return "done"
-
+    app = noted_app(taskactors_store, runs, entered, gate)
     async with taskactors_runtime(app) as rt:
         info = await rt.submit("noted")
         await entered.wait()
