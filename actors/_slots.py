@@ -48,10 +48,9 @@ class RunSlots:
             if it could not (the runtime is closing), and the slot is free.
     """
 
-    __slots__ = ("_lot", "_start", "free", "total", "waiting")
+    __slots__ = ("_lot", "_start", "free", "waiting")
 
     def __init__(self, total: int, start: Callable[[TaskRecord], bool]) -> None:
-        self.total = total
         self.free = total
         self._start = start
         self._lot = trio.lowlevel.ParkingLot()
@@ -88,11 +87,3 @@ class RunSlots:
             if self._start(self.waiting.pop(task_id)):
                 return
         self.free += 1
-
-    def statistics(self) -> dict[str, int]:
-        """Slots in use, actors parked for one, tasks waiting without an actor."""
-        return {
-            "running": self.total - self.free,
-            "parked": len(self._lot),
-            "waiting": len(self.waiting),
-        }
