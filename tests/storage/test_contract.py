@@ -378,6 +378,25 @@ async def test_a_refused_command_does_not_stop_the_rest_of_its_batch(
     assert [(e.seq, e.kind) for e in await store.read_events("t1")] == [(1, "a"), (2, "b")]
 
 
+async def test_ids_that_read_as_numbers_are_kept_apart_in_a_batch(
+    store: storage.Store,
+) -> None:
+    # A batch of writes to some tasks must leave the others alone, whatever
+    # their ids look like ("0" and "1" read as numbers).
+    await put(store, *(make_task(task_id) for task_id in ("0", "1", "a", "b")))
+    before = {task_id: await snapshot(store, task_id) for task_id in ("0", "1")}
+    writes = [
+        store.execute_nowait(
+            TaskWrite(task_id, state=TaskState.RUNNING, events=(NewEvent("moved"),))
+        )
+        for task_id in ("a", "b")
+    ]
+    for pending in writes:
+        await pending.wait()
+    assert {task_id: await snapshot(store, task_id) for task_id in ("0", "1")} == before
+    assert [e.kind for e in await store.read_events("a")] == ["moved"]
+
+
 async def test_write_without_changes_keeps_updated_at(store: storage.Store) -> None:
     await put(store, make_task("t1", created_at=5))
     owned = await store.claim_task("t1", "node-a", lease=60)
