@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every change to a store is one of these frozen commands. The storage actor
+Every change to a store is one of these commands (frozen but TaskWrite). The storage actor
 (``_writer.py``) drains whatever is waiting in its mailbox and hands the list
 to the backend's ``apply(commands, now)``, which applies them in order, each
 atomically, inside one transaction (group commit), and returns one outcome
@@ -17,6 +17,8 @@ the actor's epoch and guarded by a compare-and-set on the state.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import attrs
 
@@ -62,9 +64,15 @@ class JournalWrite:
     run: int
 
 
-@attrs.frozen
+@attrs.define
 class TaskWrite:
     """An atomic, fenced update of one task.
+
+    The one command that is not frozen: a ``TaskDraft`` (``_writer.py``) is a
+    TaskWrite that its owner fills while it waits in the queue, and that the
+    storage actor then takes as it is (issue #5: copying each draft into a
+    frozen TaskWrite was a tenth of the storage actor's time). Do not change
+    a TaskWrite once it is submitted.
 
     Refused with ``RecordNotFoundError`` (no such task), ``StaleEpochError``
     (``epoch`` given and the record's epoch differs, or its lease has expired
@@ -86,8 +94,8 @@ class TaskWrite:
     expect: frozenset[TaskState] | None = None
     #: New state, if it changes.
     state: TaskState | None = None
-    events: tuple[NewEvent, ...] = ()
-    journal: tuple[JournalWrite, ...] = ()
+    events: Sequence[NewEvent] = ()
+    journal: Sequence[JournalWrite] = ()
     #: Delete the journal entries recorded by this run (rollback).
     discard_run: int | None = None
     #: Inputs to append to the durable inbox (JSON text each).
@@ -108,7 +116,7 @@ class TaskWrite:
     result: str | None = None
     exception: ExceptionRecord | None = None
     #: Usage reports; a report whose (task_id, key) exists is ignored.
-    usage: tuple[UsageRecord, ...] = ()
+    usage: Sequence[UsageRecord] = ()
     #: Clear owner and lease (the actor passivates or the node lets go).
     release: bool = False
 

@@ -44,7 +44,7 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import outcome
@@ -83,23 +83,25 @@ _READY = _Ready()
 
 
 class PendingWrite:
-    """A queued command and, once its batch is applied, its outcome."""
+    """A queued write and, once its batch is applied, its outcome.
 
-    __slots__ = ("_command", "_outcome", "_waiters", "on_outcome")
+    Made by ``StorageActor.submit_nowait`` (a command) or ``open_draft`` (a
+    ``TaskDraft``). The slots are the subclasses': a TaskDraft is a
+    TaskWrite too, and two bases cannot both lay slots out.
+    """
 
-    def __init__(self, command: Command | None) -> None:
-        self._command = command
-        self._outcome: object = _NOT_DONE
-        self._waiters: trio.lowlevel.Task | list[trio.lowlevel.Task] | None = None
-        #: Called with the outcome (result or StorageError) when the batch is
-        #: applied, in commit order, before any waiter wakes: how a
-        #: fire-and-forget writer learns of it without keeping the write.
-        self.on_outcome: Callable[[object], None] | None = None
+    if not TYPE_CHECKING:  # (mypy would refuse the subclasses' slots here)
+        __slots__ = ()
+    _outcome: object
+    _waiters: trio.lowlevel.Task | list[trio.lowlevel.Task] | None
+    #: Called with the outcome (result or StorageError) when the batch is
+    #: applied, in commit order, before any waiter wakes: how a
+    #: fire-and-forget writer learns of it without keeping the write.
+    on_outcome: Callable[[object], None] | None
 
     @property
     def command(self) -> Command:
-        assert self._command is not None
-        return self._command
+        raise NotImplementedError
 
     def _take(self) -> Command:
         """The command, as the storage actor takes it into a batch."""
@@ -165,18 +167,27 @@ class PendingWrite:
         return self.outcome_nowait()
 
 
-def _grown(held: Sequence[T], more: Sequence[T]) -> Sequence[T]:
-    """A draft's entries with more added: the first part's as a tuple (one
-    entry is the rule: no list for it), a list once more come."""
-    if not held:
-        return tuple(more)
-    if isinstance(held, list):
-        held.extend(more)
-        return held
-    return [*held, *more]
+class _QueuedCommand(PendingWrite):
+    """A queued command (any but a draft)."""
+
+    __slots__ = ("_command", "_outcome", "_waiters", "on_outcome")
+
+    def __init__(self, command: Command) -> None:
+        self._command = command
+        self._outcome = _NOT_DONE
+        self._waiters = None
+        self.on_outcome = None
+
+    @property
+    def command(self) -> Command:
+        return self._command
 
 
-class TaskDraft(PendingWrite):
+#: The fields of a TaskWrite that join a draft without closing it.
+_OPEN_FIELDS = frozenset({"events", "journal", "usage", "progress", "state"})
+
+
+class TaskDraft(TaskWrite, PendingWrite):
     """A ``TaskWrite`` of one task that grows until the storage actor takes it.
 
     Made by ``StorageActor.open_draft`` with the fence of its first part
@@ -187,26 +198,18 @@ class TaskDraft(PendingWrite):
     the draft; a part with any other field (input, run, inbox, result,
     exception, error, release, discard_run) closes it.
 
-    The draft is one command: applied or refused as a whole, which is what
-    its parts would each have been (every part expects what the one before
-    it leaves, so a fence or state check that refuses the first would
-    refuse them all).
+    The draft is one command, and the command is the draft itself (no copy
+    when it is taken): applied or refused as a whole, which is what its
+    parts would each have been (every part expects what the one before it
+    leaves, so a fence or state check that refuses the first would refuse
+    them all).
     """
 
-    __slots__ = (
-        "_closed",
-        "_journal",
-        "_leaves",
-        "_progress",
-        "_rest",
-        "_state",
-        "_taken",
-        "_usage",
-        "epoch",
-        "events",
-        "expect",
-        "task_id",
-    )
+    __slots__ = ("_closed", "_leaves", "_outcome", "_taken", "_waiters", "on_outcome")
+
+    events: list[NewEvent]
+    journal: list[JournalWrite]
+    usage: list[UsageRecord]
 
     #: Events after which a draft takes no more (the next part opens a new one).
     max_events = 4096
@@ -214,19 +217,17 @@ class TaskDraft(PendingWrite):
     def __init__(
         self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
     ) -> None:
-        super().__init__(None)
-        self.task_id = task_id
-        self.epoch = epoch
-        self.expect = expect
-        self.events: list[NewEvent] = []
-        self._journal: Sequence[JournalWrite] = ()
-        self._usage: Sequence[UsageRecord] = ()
-        self._progress: tuple[float, float | None] | None = None
-        self._state: TaskState | None = None
+        super().__init__(task_id, epoch, expect, events=[], journal=[], usage=[])
+        self._outcome = _NOT_DONE
+        self._waiters = None
+        self.on_outcome = None
         self._leaves = expect
-        self._rest: dict[str, Any] | None = None
         self._closed = False
         self._taken = False
+
+    @property
+    def command(self) -> Command:
+        return self
 
     def accepts(self, expect: frozenset[TaskState] | None) -> bool:
         """Whether a part that expects these states may join."""
@@ -240,7 +241,9 @@ class TaskDraft(PendingWrite):
     @property
     def empty(self) -> bool:
         """Whether no part was added yet."""
-        return not (self.events or self._journal or self._rest or self._state or self._usage)
+        return not (
+            self.events or self.journal or self.usage or self.state or self.progress or self._closed
+        )
 
     def add(
         self,
@@ -258,34 +261,23 @@ class TaskDraft(PendingWrite):
         if events:
             self.events.extend(events)
         if journal:
-            self._journal = _grown(self._journal, journal)
+            self.journal.extend(journal)
         if usage:
-            self._usage = _grown(self._usage, usage)
+            self.usage.extend(usage)
         if progress is not None:
-            self._progress = progress
+            self.progress = progress
         if state is not None:
-            self._state = state
+            self.state = state
             self._leaves = frozenset({state})
-        rest = {name: value for name, value in rest.items() if value is not None and value != ()}
-        if rest:
-            self._rest = rest
-            self._closed = True
+        for name, value in rest.items():
+            if value is not None and value != ():
+                assert name not in _OPEN_FIELDS and hasattr(self, name), name
+                setattr(self, name, value)
+                self._closed = True
 
     def _take(self) -> Command:
-        if not self._taken:
-            self._taken = True
-            self._command = TaskWrite(
-                self.task_id,
-                epoch=self.epoch,
-                expect=self.expect,
-                state=self._state,
-                events=tuple(self.events),
-                journal=tuple(self._journal),
-                usage=tuple(self._usage),
-                progress=self._progress,
-                **(self._rest or {}),
-            )
-        return self.command
+        self._taken = True
+        return self
 
 
 class _Writing:
@@ -436,13 +428,13 @@ class StorageActor:
         Raises:
             StorageClosedError: the actor is closed.
         """
-        pending = PendingWrite(command)
+        pending = _QueuedCommand(command)
         self._enqueue(pending, self._queue)
         return pending
 
     def submit_urgent(self, command: Command) -> PendingWrite:
         """Queue a write ahead of everything waiting (lease renewals)."""
-        pending = PendingWrite(command)
+        pending = _QueuedCommand(command)
         self._enqueue(pending, self._urgent)
         return pending
 
