@@ -125,10 +125,12 @@ class TaskActor(ActorLock):
 
     __slots__ = (
         "_draft",
+        "_fresh",
         "_hb_scope",
         "_lost",
         "_next",
         "_pause_requested",
+        "_record",
         "_run_scope",
         "_spawns",
         "_stopped",
@@ -138,7 +140,6 @@ class TaskActor(ActorLock):
         "inbox",
         "journal",
         "journal_end",
-        "record",
         "runtime",
         "spec",
         "task_id",
@@ -154,7 +155,10 @@ class TaskActor(ActorLock):
     ) -> None:
         self.runtime = runtime
         self.spec = spec
-        self.record = record
+        self._record = record
+        #: The result of the last write, whose record is made when first
+        #: needed (see ``record``).
+        self._fresh: TaskWriteResult | None = None
         self.task_id = record.id
         self.epoch = record.epoch
         self.journal: dict[int, Entry] = (
@@ -181,6 +185,20 @@ class TaskActor(ActorLock):
         self.holds_slot = False
 
     # -- conveniences ------------------------------------------------------
+    @property
+    def record(self) -> TaskRecord:
+        """The task as the actor's last committed write left it."""
+        fresh = self._fresh
+        if fresh is not None:
+            self._record = fresh.record
+            self._fresh = None
+        return self._record
+
+    @record.setter
+    def record(self, record: TaskRecord) -> None:
+        self._record = record
+        self._fresh = None
+
     @property
     def _lock(self) -> ActorLock:
         """The mailbox lock: the actor itself (``async with self._lock``)."""
@@ -251,7 +269,7 @@ class TaskActor(ActorLock):
         if draft is not None and draft.done:
             self._draft = None  # keep nothing of a committed write
         if isinstance(outcome, TaskWriteResult):
-            self.record = outcome.record
+            self._fresh = outcome  # (its record is made when first read)
         elif isinstance(outcome, StaleEpochError):
             if self._lost is None:
                 self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")

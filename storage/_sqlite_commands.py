@@ -563,7 +563,7 @@ class WriteBatch:
         # A usage report belongs to the task the write names, whatever it says.
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
-        return TaskWriteResult(TASKS.from_row(row), events, inbox_ids)
+        return TaskWriteResult.of_row(tuple(row), TASKS.from_row, events, inbox_ids)
 
     def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
         """A write's inbox changes: removals first (the items it adds survive
