@@ -406,8 +406,10 @@ class TaskActor(ActorLock):
         self._remember(index, kind, name, value)
         self._queue(journal=(JournalWrite(index, kind, name, value, self.run),))
 
-    def _remember(self, index: int, kind: str, name: str, value: str) -> None:
-        self.journal[index] = Entry(kind, name, value, self.run)
+    def _remember(
+        self, index: int, kind: str, name: str, value: str, run: int | None = None
+    ) -> None:
+        self.journal[index] = Entry(kind, name, value, self.run if run is None else run)
         if kind == "spawn":
             self._spawns = True
         if index >= self.journal_end:
@@ -427,7 +429,7 @@ class TaskActor(ActorLock):
         if draft is None:
             await self._dead_run()
         await draft.wait_quietly()
-        self.recorded(draft, index, kind, name, value)
+        self.recorded(ctx, draft, index, kind, name, value)
         # The wait for the store is not a cancel point; a run ended meanwhile stops here.
         await trio.lowlevel.checkpoint_if_cancelled()
 
@@ -447,15 +449,19 @@ class TaskActor(ActorLock):
         if not self._live(ctx):
             return None
         draft = self._draft_for(RUNNING)
-        draft.add(events, journal=(JournalWrite(index, kind, name, value, self.run),))
+        # (the run's own number: a live run's is the task's, and reading the
+        # task's would make the record of the last write)
+        draft.add(events, journal=(JournalWrite(index, kind, name, value, ctx.request.run),))
         return draft
 
-    def recorded(self, draft: TaskDraft, index: int, kind: str, name: str, value: str) -> None:
+    def recorded(
+        self, ctx: TaskContext, draft: TaskDraft, index: int, kind: str, name: str, value: str
+    ) -> None:
         """The second half of ``record_entry``, once the draft is done: raise
         what refused it, or remember the entry (then raise a lost write of
         the run: the entry is stored, and a replay must not run it again)."""
         self._committed(draft)
-        self._remember(index, kind, name, value)
+        self._remember(index, kind, name, value, ctx.request.run)
         self._raise_lost_write()
 
     async def _dead_run(self) -> NoReturn:

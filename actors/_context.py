@@ -294,7 +294,7 @@ class TaskContext:
         if draft is None:
             await actor._dead_run()
         await draft.wait_quietly()
-        actor.recorded(draft, index, "step", name, text)
+        actor.recorded(self, draft, index, "step", name, text)
         await trio.lowlevel.checkpoint_if_cancelled()
         if armed:
             await runtime._fault_point("after_store", self.task_id, name, index)
