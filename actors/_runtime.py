@@ -38,6 +38,7 @@ from storage import (
     ClaimTask,
     ConflictError,
     CreateResult,
+    CreateTask,
     LeaseHeldError,
     NewEvent,
     RecordNotFoundError,
@@ -176,7 +177,13 @@ class Runtime:
         )
         if task_id is None:
             # A fresh id: nobody can revive or submit this task meanwhile.
-            return self._started(await self.store.put_task(record, (event,)), user_id)
+            # (The store's put_task, inline: each waiting submit holds two
+            # coroutines less.)
+            pending = self.store.execute_nowait(CreateTask(record, (event,)))
+            await pending.wait_quietly()
+            result = pending.outcome_nowait()
+            assert isinstance(result, CreateResult)
+            return self._started(result, user_id)
         return await self._create(record, event, user_id)
 
     async def _create(self, record: TaskRecord, event: NewEvent, user_id: str | None) -> TaskInfo:
@@ -238,6 +245,7 @@ class Runtime:
             owner=self.node_id,
             lease_expires=now + self.lease,
             epoch=1,
+            last_seq=1,  # its first event's (the store then keeps this very record)
         )
         # (hand-built: the runtime's own events need no encoder)
         return record, NewEvent("state", f'{{"to":"pending","name":{quote(name)}}}')

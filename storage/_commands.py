@@ -40,6 +40,8 @@ class CreateTask:
 
     Outcome: ``CreateResult``. ``record.last_seq`` is ignored: the events given
     here become seq 1, 2, ... of the new task. ``record.epoch`` is stored as given.
+    (A record whose last_seq counts its events is stored exactly as given, and
+    a backend may return that very object.)
     """
 
     record: TaskRecord

@@ -507,7 +507,11 @@ class WriteBatch:
         self.rows[task_id] = row
         self.missing.discard(task_id)
         self.created[task_id] = None
-        return CreateResult(TASKS.from_row(row), created=True, events=events)
+        # The record given is the one stored if its last_seq counts the events.
+        stored = command.record
+        if stored.last_seq != row[LAST_SEQ]:
+            stored = TASKS.from_row(row)
+        return CreateResult(stored, created=True, events=events)
 
     def _task_write(self, write: TaskWrite) -> TaskWriteResult:
         task_id = write.task_id

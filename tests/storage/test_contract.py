@@ -151,6 +151,16 @@ async def test_put_task_stores_its_events_from_seq_1(
     assert await store.read_events("t1") == list(result.events)
 
 
+@pytest.mark.parametrize("given", [0, 1, 5])
+async def test_put_task_counts_last_seq_from_its_events_whatever_was_given(
+    store: storage.Store, given: int
+) -> None:
+    record = attrs.evolve(make_task("t1", user_id="u1"), last_seq=given)
+    result = await store.put_task(record, [NewEvent("submitted")])
+    assert result.record == attrs.evolve(record, last_seq=1)
+    assert await store.get_task("t1") == result.record
+
+
 async def test_put_task_keeps_the_given_epoch_and_timestamps(store: storage.Store) -> None:
     record = TaskRecord(
         id="t1",
