@@ -214,7 +214,8 @@ class TaskActor(ActorLock):
 
     @property
     def state(self) -> TaskState:
-        return self.record.state
+        fresh = self._fresh  # (the last write's state, without making its record)
+        return self._record.state if fresh is None else fresh.state
 
     @property
     def strategy(self) -> Strategy:

@@ -155,7 +155,7 @@ class TaskWriteResult:
     frozen TaskRecord of 20 fields costs ~2 us, and each write made one).
     """
 
-    __slots__ = ("_read", "_record", "_row", "events", "inbox_ids")
+    __slots__ = ("_read", "_record", "_row", "events", "inbox_ids", "state")
 
     def __init__(
         self,
@@ -166,6 +166,9 @@ class TaskWriteResult:
         self._record: TaskRecord | None = record
         self._row: tuple[Any, ...] = ()
         self._read: Callable[[tuple[Any, ...]], TaskRecord] | None = None
+        #: The task's state after the write (``record.state``, without making
+        #: the record).
+        self.state = record.state
         self.events = events
         #: Ids given to ``inbox_add`` items, in order.
         self.inbox_ids = inbox_ids
@@ -175,12 +178,14 @@ class TaskWriteResult:
         cls,
         row: tuple[Any, ...],
         read: Callable[[tuple[Any, ...]], TaskRecord],
+        state: TaskState,
         events: tuple[StoredEvent, ...] = (),
         inbox_ids: tuple[int, ...] = (),
     ) -> TaskWriteResult:
         """A result whose record is ``read(row)``, made when first asked for
-        (``row`` must not change after)."""
+        (``row`` must not change after); ``state`` is the row's."""
         result = cls.__new__(cls)
+        result.state = state
         result._record = None
         result._row = row
         result._read = read

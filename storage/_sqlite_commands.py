@@ -567,7 +567,8 @@ class WriteBatch:
         # A usage report belongs to the task the write names, whatever it says.
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
-        return TaskWriteResult.of_row(tuple(row), TASKS.from_row, events, inbox_ids)
+        state = _STATE[row[STATE]]
+        return TaskWriteResult.of_row(tuple(row), TASKS.from_row, state, events, inbox_ids)
 
     def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
         """A write's inbox changes: removals first (the items it adds survive

@@ -183,6 +183,17 @@ class _QueuedCommand(PendingWrite):
         return self._command
 
 
+def _grown(held: Sequence[T], more: Sequence[T]) -> Sequence[T]:
+    """A draft's entries with more added: the first part's as they came
+    (one part is the rule: no list for it), a list once more come."""
+    if not held:
+        return more if isinstance(more, tuple) else tuple(more)  # (never the caller's list)
+    if isinstance(held, list):
+        held.extend(more)
+        return held
+    return [*held, *more]
+
+
 #: The fields of a TaskWrite that join a draft without closing it.
 _OPEN_FIELDS = frozenset({"events", "journal", "usage", "progress", "state"})
 
@@ -208,8 +219,6 @@ class TaskDraft(TaskWrite, PendingWrite):
     __slots__ = ("_closed", "_leaves", "_outcome", "_taken", "_waiters", "on_outcome")
 
     events: list[NewEvent]
-    journal: list[JournalWrite]
-    usage: list[UsageRecord]
 
     #: Events after which a draft takes no more (the next part opens a new one).
     max_events = 4096
@@ -217,7 +226,9 @@ class TaskDraft(TaskWrite, PendingWrite):
     def __init__(
         self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
     ) -> None:
-        super().__init__(task_id, epoch, expect, events=[], journal=[], usage=[])
+        # (journal and usage stay the empty tuple until a part brings some:
+        # most drafts have none, and a list is one more object to collect)
+        super().__init__(task_id, epoch, expect, events=[])
         self._outcome = _NOT_DONE
         self._waiters = None
         self.on_outcome = None
@@ -261,9 +272,9 @@ class TaskDraft(TaskWrite, PendingWrite):
         if events:
             self.events.extend(events)
         if journal:
-            self.journal.extend(journal)
+            self.journal = _grown(self.journal, journal)
         if usage:
-            self.usage.extend(usage)
+            self.usage = _grown(self.usage, usage)
         if progress is not None:
             self.progress = progress
         if state is not None:
