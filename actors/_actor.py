@@ -97,7 +97,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskactors.actor")
 
 S = TaskState
-RUNNING = frozenset({S.RUNNING})
+#: The one-state sets a write expects, made once (each write expects one).
+ONLY = {state: frozenset({state}) for state in S}
+RUNNING = ONLY[S.RUNNING]
 
 
 def _event(kind: str, data: Any = None) -> NewEvent:
@@ -249,8 +251,8 @@ class TaskActor(ActorLock):
         """
         draft = self._draft
         if draft is None or not draft.accepts(expect) or (fresh and not draft.empty):
-            draft = self.store.open_draft(self.task_id, self.epoch, expect)
-            draft.on_outcome = self  # (__call__: a bound method would be one more object)
+            draft = self.runtime.store.open_draft(self.task_id, self.epoch, expect)
+            draft.on_outcome = self  # (see __call__)
             self._draft = draft
         return draft
 
@@ -261,11 +263,9 @@ class TaskActor(ActorLock):
         return draft
 
     def __call__(self, outcome: object) -> None:
-        """A draft's outcome (the actor is its ``on_outcome``); see ``_on_outcome``."""
-        self._on_outcome(outcome)
-
-    def _on_outcome(self, outcome: object) -> None:
-        # Called by the storage actor in commit order, before anyone wakes.
+        """A draft's outcome: the actor is its drafts' ``on_outcome`` (a bound
+        method would be one more object per draft). Called by the storage
+        actor in commit order, before anyone wakes."""
         draft = self._draft
         if draft is not None and draft.done:
             self._draft = None  # keep nothing of a committed write
@@ -336,9 +336,7 @@ class TaskActor(ActorLock):
         # (hand-built: the runtime's own events need no encoder)
         head = f'{{"from":"{old.value}","to":"{new.value}"'
         state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
-        return await self._commit(
-            frozenset({old}), state=new, events=(*events, state_event), **fields
-        )
+        return await self._commit(ONLY[old], state=new, events=(*events, state_event), **fields)
 
     def _queue(self, **parts: Any) -> None:
         """Add a fire-and-forget part (its failure is seen at the next commit)."""

@@ -72,6 +72,9 @@ class ActorLock:
             self._held = False
 
     async def __aenter__(self) -> None:
+        if not self._held:  # (acquire's fast path, inline: a call less)
+            self._held = True
+            return
         await self.acquire()
 
     async def __aexit__(
@@ -80,4 +83,7 @@ class ActorLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._waiters is None:  # (release's fast path, inline)
+            self._held = False
+            return
         self.release()

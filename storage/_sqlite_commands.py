@@ -410,13 +410,24 @@ class WriteBatch:
     def _append_events(
         self, task_id: str, row: list[Any], events: Sequence[NewEvent]
     ) -> tuple[StoredEvent, ...]:
+        if not events:
+            return ()
         now = self.now
-        new = _new_tuple
-        stored = tuple(
-            new(StoredEvent, (task_id, seq, kind, now, data))
-            for seq, (kind, data) in enumerate(events, start=row[LAST_SEQ] + 1)
-        )
-        row[LAST_SEQ] += len(stored)
+        last = row[LAST_SEQ]
+        if len(events) == 1:  # (the rule: no generator for it)
+            ((kind, data),) = events
+            stored: tuple[StoredEvent, ...] = (
+                _new_tuple(StoredEvent, (task_id, last + 1, kind, now, data)),
+            )
+        else:
+            new = _new_tuple
+            stored = tuple(
+                [
+                    new(StoredEvent, (task_id, seq, kind, now, data))
+                    for seq, (kind, data) in enumerate(events, start=last + 1)
+                ]
+            )
+        row[LAST_SEQ] = last + len(stored)
         self.events.extend(stored)
         return stored
 
@@ -525,7 +536,7 @@ class WriteBatch:
             raise ConflictError(
                 task_id, frozenset(state.value for state in write.expect), row[STATE]
             )
-        if not write.changes_anything:
+        if not (write.events or write.state is not None or write.changes_anything):
             return TaskWriteResult(TASKS.from_row(row))  # a bare probe of the fence
 
         # From here on nothing can refuse the write.

@@ -104,6 +104,13 @@ class Store:
         #: Whether blocking backend calls go to worker threads (else inline).
         self.threaded = backend.blocking and threads
         self._writer = StorageActor(backend, clock, threads=threads)
+        #: ``open_draft(task_id, epoch, expect)``: queue a TaskWrite that its
+        #: owner may extend until the storage actor takes it (see
+        #: ``TaskDraft``): how a task actor coalesces its writes. (The
+        #: storage actor's own method: a task actor calls it for each write.)
+        self.open_draft: Callable[[str, int | None, frozenset[TaskState] | None], TaskDraft] = (
+            self._writer.open_draft
+        )
         self._read_limiter = trio.CapacityLimiter(readers)
         self._channels: dict[str, set[Subscription]] = {}
         self._closed = False
@@ -127,13 +134,6 @@ class Store:
         if urgent:
             return self._writer.submit_urgent(command)
         return self._writer.submit_nowait(command)
-
-    def open_draft(
-        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
-    ) -> TaskDraft:
-        """Queue a TaskWrite that its owner may extend until the storage actor
-        takes it (see ``TaskDraft``): how a task actor coalesces its writes."""
-        return self._writer.open_draft(task_id, epoch, expect)
 
     def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener(events)`` with each committed batch's events, in

@@ -194,6 +194,9 @@ def _grown(held: Sequence[T], more: Sequence[T]) -> Sequence[T]:
     return [*held, *more]
 
 
+#: The one-state sets a draft leaves the task in, made once.
+_ONLY = {state: frozenset({state}) for state in TaskState}
+
 #: The fields of a TaskWrite that join a draft without closing it.
 _OPEN_FIELDS = frozenset({"events", "journal", "usage", "progress", "state"})
 
@@ -279,7 +282,7 @@ class TaskDraft(TaskWrite, PendingWrite):
             self.progress = progress
         if state is not None:
             self.state = state
-            self._leaves = frozenset({state})
+            self._leaves = _ONLY[state]
         for name, value in rest.items():
             if value is not None and value != ():
                 assert name not in _OPEN_FIELDS and hasattr(self, name), name
