@@ -847,8 +847,11 @@ class TaskActor(ActorLock):
     async def _on_input(self, value: Any) -> None:
         action = on_request(self.state, self.strategy, self.task_id)
         text = encode(value)
-        received = _event("request_received", {"run": self.run})
-        if action is RequestAction.ANSWER:
+        # The run the Request feeds: the current one (an answer), else the
+        # one it starts.
+        answers = action is RequestAction.ANSWER
+        received = _event("request_received", {"run": self.run if answers else self.run + 1})
+        if answers:
             result = await self._transition(Command.ANSWER, events=(received,), inbox_add=(text,))
             assert result is not None
             self._remember_inbox(result, text)

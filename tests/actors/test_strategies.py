@@ -328,3 +328,31 @@ async def test_rollback_history_shows_the_stop_and_the_new_run(
     assert [e.seq for e in history] == list(range(1, len(history) + 1))
     completed = [e.data["name"] for e in history if e.kind == "step_completed"]
     assert completed == ["a", "b", "b", "c"]
+
+
+async def test_request_received_names_the_run_the_request_feeds(
+    open_rt: OpenRuntime, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Interrupts start runs 2 and 3: each Request is received for its new run.
+    scenario = ThreeRuns()
+    async with open_rt(scenario.app("interrupt")) as rt:
+        await scenario.drive(rt)
+        [info] = await rt.list()
+        history = await rt.history(info.id)
+    received = [e.data["run"] for e in history if e.kind == "request_received"]
+    started = [e.data["run"] for e in history if e.kind == "state" and "run" in e.data]
+    assert received == [2, 3]
+    assert started == [1, 2, 3]
+
+
+async def test_an_answer_is_received_for_the_run_that_asked(
+    open_rt: OpenRuntime, autojump_clock: trio.testing.MockClock
+) -> None:
+    ran: Counter[str] = Counter()
+    async with open_rt(step_then_ask_app(ran, StepBody(ran, "a"))) as rt:
+        info = await rt.submit("job")
+        await rt.wait(info.id, states=[S.INPUT_REQUIRED])
+        await rt.send(info.id, "yes")
+        assert await rt.result(info.id) == ["A", "yes"]
+        history = await rt.history(info.id)
+    assert [e.data["run"] for e in history if e.kind == "request_received"] == [1]
