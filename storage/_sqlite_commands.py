@@ -96,6 +96,8 @@ NODES = RowMapper(NodeRecord)
 USAGE = RowMapper(UsageRecord)
 
 TASK_COLUMNS = TASKS.columns
+#: TASKS.from_row, bound once: a result of each write keeps it until read.
+_READ_TASK = TASKS.from_row
 _FIELDS = [field.name for field in attrs.fields(TaskRecord)]
 _AT = {name: position for position, name in enumerate(_FIELDS)}
 ID, STATE, INPUT, UPDATED = _AT["id"], _AT["state"], _AT["input"], _AT["updated_at"]
@@ -579,7 +581,7 @@ class WriteBatch:
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
         state = _STATE[row[STATE]]
-        return TaskWriteResult.of_row(tuple(row), TASKS.from_row, state, events, inbox_ids)
+        return TaskWriteResult.of_row(tuple(row), _READ_TASK, state, events, inbox_ids)
 
     def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
         """A write's inbox changes: removals first (the items it adds survive
