@@ -82,6 +82,40 @@ class _Ready:
 _READY = _Ready()
 
 
+def _park_message() -> object | None:
+    """trio's message "park this task until it is rescheduled", made once.
+
+    ``trio.lowlevel.wait_task_rescheduled`` makes a coroutine, a generator,
+    and this message with its ``__dict__`` for every wait: four objects that
+    live as long as the wait (a batch), six times a task, and that the
+    collector walks (issue #5). The message is immutable and our abort
+    function is always the same, so one serves every wait. It is trio's
+    private class: if it is gone, waits go through the public function.
+    """
+    try:
+        from trio._core._traps import WaitTaskRescheduled
+
+        return WaitTaskRescheduled(_refuse_abort)
+    except Exception:  # pragma: no cover - another trio
+        return None
+
+
+_PARK = _park_message()
+
+
+class _Parked:
+    """``await`` it: park the current task until rescheduled (one generator)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        outcome = yield _PARK
+        outcome.unwrap()
+
+
+_PARKED = _Parked()
+
+
 class PendingWrite:
     """A queued write and, once its batch is applied, its outcome.
 
@@ -144,6 +178,8 @@ class PendingWrite:
         """
         if self._outcome is _NOT_DONE:
             self._register(trio.lowlevel.current_task())
+            if _PARK is not None:
+                return _PARKED
             return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
         return _READY
 
