@@ -101,6 +101,10 @@ def _park_message() -> object | None:
 
 
 _PARK = _park_message()
+#: What a parked writer is woken with: one outcome for all (trio's
+#: ``reschedule`` makes a new ``Value(None)`` each time otherwise). Only
+#: ``_Parked`` receives it, and it never unwraps it.
+_WOKEN = outcome.Value(None)
 
 
 class _Parked:
@@ -109,8 +113,9 @@ class _Parked:
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, Any, None]:
-        outcome = yield _PARK
-        outcome.unwrap()
+        sent = yield _PARK
+        if sent is not _WOKEN:
+            sent.unwrap()
 
 
 _PARKED = _Parked()
@@ -148,11 +153,14 @@ class PendingWrite:
         waiters, self._waiters = self._waiters, None
         if waiters is None:
             return
-        if isinstance(waiters, list):
-            for task in waiters:
+        if _PARK is None:  # (parked with trio's public wait: a Value each)
+            for task in waiters if isinstance(waiters, list) else (waiters,):
                 trio.lowlevel.reschedule(task)
+        elif isinstance(waiters, list):
+            for task in waiters:
+                trio.lowlevel.reschedule(task, _WOKEN)
         else:
-            trio.lowlevel.reschedule(waiters)
+            trio.lowlevel.reschedule(waiters, _WOKEN)
 
     @property
     def done(self) -> bool:

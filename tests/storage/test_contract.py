@@ -1417,3 +1417,29 @@ async def test_writes_from_concurrent_tasks_all_commit(store: storage.Store) -> 
             nursery.start_soon(writer, f"t{n}")
     for n in range(10):
         assert [e.seq for e in await store.read_events(f"t{n}")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("private_message", [True, False])
+async def test_many_waiters_of_one_write_all_wake_with_its_outcome(
+    store: storage.Store, monkeypatch: pytest.MonkeyPatch, private_message: bool
+) -> None:
+    # Writers park with trio's private message when it is there, else with
+    # trio's public wait: both wake every waiter with the write's outcome.
+    if not private_message:
+        monkeypatch.setattr("storage._writer._PARK", None)
+    await put(store, make_task("t1"))
+    pending = store.execute_nowait(TaskWrite("t1", events=(NewEvent("a"),)))
+    refused = store.execute_nowait(TaskWrite("t1", epoch=99, events=(NewEvent("x"),)))
+    seen: list[object] = []
+
+    async def wait_for(write: storage.PendingWrite) -> None:
+        try:
+            seen.append(await write.wait())
+        except storage.StaleEpochError as exc:
+            seen.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for write in (pending, pending, refused, refused):
+            nursery.start_soon(wait_for, write)
+    assert [type(outcome).__name__ for outcome in seen].count("TaskWriteResult") == 2
+    assert [type(outcome).__name__ for outcome in seen].count("StaleEpochError") == 2
