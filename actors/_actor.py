@@ -336,7 +336,10 @@ class TaskActor(ActorLock):
         # (hand-built: the runtime's own events need no encoder)
         head = f'{{"from":"{old.value}","to":"{new.value}"'
         state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
-        return await self._commit(ONLY[old], state=new, events=(*events, state_event), **fields)
+        # (_commit, inline: a parked transition holds one coroutine less)
+        draft = self._add(ONLY[old], state=new, events=(*events, state_event), **fields)
+        await draft.wait_quietly()
+        return self._committed(draft)
 
     def _queue(self, **parts: Any) -> None:
         """Add a fire-and-forget part (its failure is seen at the next commit)."""
