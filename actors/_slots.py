@@ -32,6 +32,7 @@ the next node that opens on the store starts them.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 
 import trio
@@ -54,8 +55,11 @@ class RunSlots:
         self.free = total
         self._start = start
         self._lot = trio.lowlevel.ParkingLot()
-        #: Tasks submitted here that wait for a slot, oldest first (id -> record).
-        self.waiting: dict[str, TaskRecord] = {}
+        #: Tasks submitted here that wait for a slot, oldest first (id ->
+        #: record). An OrderedDict: a dict drained from its front keeps the
+        #: holes at its front, and finding the first key then walks them all
+        #: (100,000 waiting tasks took 3.7 s to start, against 15 ms).
+        self.waiting: collections.OrderedDict[str, TaskRecord] = collections.OrderedDict()
 
     def take_nowait(self) -> bool:
         """Take a slot for a task just submitted, if one is free and nobody is in line."""
@@ -82,8 +86,6 @@ class RunSlots:
         if self._lot:
             self._lot.unpark()
             return
-        if self.waiting:
-            task_id = next(iter(self.waiting))
-            if self._start(self.waiting.pop(task_id)):
-                return
+        if self.waiting and self._start(self.waiting.popitem(last=False)[1]):
+            return
         self.free += 1
