@@ -60,6 +60,13 @@ def encode(value: Any) -> str:
         TypeError: the value has no JSON form.
     """
     try:
+        # Scalars, the usual step result, without the encoder's machinery
+        # (exact types: a bool or an int subclass takes the encoder's way).
+        kind = type(value)
+        if kind is int:
+            return int.__repr__(value)
+        if kind is str:
+            return quote(value)
         return _encode(value)
     except (TypeError, ValueError, RecursionError):
         pass
