@@ -164,11 +164,15 @@ def rss_bytes() -> int:
 
 
 def run_children(
-    children: Sequence[tuple[str, dict[str, Any]]], *, timeout: float = 900
+    children: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    timeout: float = 900,
+    cwd: Path | None = None,
 ) -> list[dict[str, Any] | ChildError]:
     """Run several ``python -m module '<json args>'`` at once; the last JSON
-    line each printed, or the ChildError saying why there is none."""
-    root = Path(__file__).resolve().parent.parent
+    line each printed, or the ChildError saying why there is none. ``cwd``:
+    the source tree they import (default: this one)."""
+    root = cwd or Path(__file__).resolve().parent.parent
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", module, json.dumps(args)],
@@ -204,13 +208,15 @@ def _parse_child(module: str, code: int, stdout: str, stderr: str) -> dict[str, 
     return ChildError(f"{module} exited with {code}: {tail}")
 
 
-def run_child(module: str, args: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
+def run_child(
+    module: str, args: dict[str, Any], *, timeout: float = 900, cwd: Path | None = None
+) -> dict[str, Any]:
     """Run ``python -m module '<json args>'`` and return the last JSON line it printed.
 
     Raises:
         ChildError: it failed, timed out or printed no JSON object.
     """
-    (result,) = run_children([(module, args)], timeout=timeout)
+    (result,) = run_children([(module, args)], timeout=timeout, cwd=cwd)
     if isinstance(result, ChildError):
         raise result
     return result
