@@ -530,6 +530,19 @@ class EventStream:
         self._backlog.extend(page)
         self._history_done = not full
 
+    def _watch_from_now(self) -> None:
+        """Open without history: every event committed from now on reaches
+        the stream. Then read the task, and ``_start_after`` its last_seq:
+        the events up to it are dropped (a waiter needs the task's state now
+        and what comes next, not its history: one read, not three)."""
+        self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
+
+    def _start_after(self, seq: int) -> None:
+        """See ``_watch_from_now``: ``seq`` is the task's last_seq as read
+        after the watch began, so every later event is in the watch."""
+        self._cursor = self.last_seq = seq
+        self._history_done = True
+
     def _rewatch(self) -> None:
         """Replace a lagged watch (the new one first, so the task's window stays)."""
         assert self._watch is not None

@@ -46,6 +46,7 @@ from storage import (
     TaskRecord,
     TaskState,
     TaskWrite,
+    decode,
     encode,
     quote,
 )
@@ -62,7 +63,7 @@ from ._errors import (
     TaskOwnedElsewhere,
     UnknownTaskName,
 )
-from ._events import AllEventsStream, EventHub, EventStream
+from ._events import AllEventsStream, EventBatch, EventHub, EventStream
 from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
@@ -111,6 +112,20 @@ def _forget_random() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_random)
+
+
+def _entered(batch: EventBatch, wanted: frozenset[TaskState]) -> TaskState | None:
+    """The first state of ``wanted`` that a state event of ``batch`` moves its task into."""
+    for kind, data in zip(batch.kinds, batch.datas, strict=True):
+        if kind == "state":
+            state = _STATES[decode(data)["to"]]
+            if state in wanted:
+                return state
+    return None
+
+
+#: A state's value -> the state (a lookup, where TaskState(value) is a call).
+_STATES = {state.value: state for state in TaskState}
 
 
 class Runtime:
@@ -393,6 +408,19 @@ class Runtime:
             raise TaskNotFound(task_id)
         return record
 
+    def _held_record(self, task_id: str, user_id: str | None) -> TaskRecord | None:
+        """The task as this node holds it (committed: its actor's last write,
+        or the record of a task waiting for a run slot), if it does and the
+        user may see it; None to read it from the store."""
+        self._check_open()
+        actor = self._actors.get(task_id)
+        record = actor.record if actor is not None else None
+        if record is None and self._slots is not None:
+            record = self._slots.waiting.get(task_id)
+        if record is None or (user_id is not None and record.user_id != user_id):
+            return None
+        return record
+
     async def get(self, task_id: str, *, user_id: str | None = None) -> TaskInfo:
         """The task's current info.
 
@@ -487,14 +515,38 @@ class Runtime:
     ) -> TaskInfo:
         """Wait until the task is in one of ``states`` (default: finished)."""
         wanted = frozenset(TaskState(s) for s in states) if states is not None else TERMINAL_STATES
-        record = await self._load(task_id, user_id)
-        if record.state in wanted or record.state.terminal:
-            return TaskInfo.from_record(record)
-        async with self.subscribe(task_id, after=record.last_seq, resume_on_lag=True) as events:
-            async for event in events:
-                if event.kind == "state" and TaskState(event.data["to"]) in wanted:
-                    break
+        reached = await self._wait_for(task_id, user_id, wanted)
+        if isinstance(reached, TaskRecord):
+            return TaskInfo.from_record(reached)
         return await self.get(task_id)
+
+    async def _wait_for(
+        self, task_id: str, user_id: str | None, wanted: frozenset[TaskState]
+    ) -> TaskRecord | TaskState | None:
+        """Wait until the task is in a state of ``wanted`` or finished: its
+        record if it is now, else the state it entered (None: it finished
+        in another state).
+
+        The watch begins before the task is read, so nothing committed after
+        the read is missed, and no history is read (every ``rt.result``
+        comes here: one read of the task instead of four).
+        """
+        stream = EventStream(self.hub, self.store, task_id, resume_on_lag=True)
+        stream._watch_from_now()
+        try:
+            record = self._held_record(task_id, user_id) or await self._load(task_id, user_id)
+            if record.state in wanted or record.state.terminal:
+                return record
+            stream._start_after(record.last_seq)
+            # Batch by batch, decoding state events only: a waiter must not
+            # decode each event its task emits.
+            while (batch := await stream.next_batch()) is not None:
+                state = _entered(batch, wanted)
+                if state is not None:
+                    return state
+            return None
+        finally:
+            stream.close()
 
     async def result(self, task_id: str, *, user_id: str | None = None) -> Any:
         """Wait for the task to finish and return its result.
@@ -504,15 +556,23 @@ class Runtime:
             TaskCancelled: it was cancelled or rejected.
             TaskNotFound: no such task (or it belongs to another user).
         """
-        info = await self.wait(task_id, user_id=user_id)
-        if info.state is S.COMPLETED:
+        reached = await self._wait_for(task_id, user_id, TERMINAL_STATES)
+        record = reached if isinstance(reached, TaskRecord) else None
+        state = record.state if record is not None else reached
+        if state is None:  # (it finished: a terminal state is wanted)
+            record = await self._load(task_id, user_id)
+            state = record.state
+        if state is S.COMPLETED:
             return await self.store.get_result(task_id)
-        if info.state is S.FAILED:
+        if state is S.FAILED:
             stored = await self.store.get_exception(task_id)
-            if stored is None:
-                raise TaskFailed(task_id, "Error", info.error or "failed")
-            raise TaskFailed.from_record(task_id, stored)
-        raise TaskCancelled(task_id, info.error)
+            if stored is not None:
+                raise TaskFailed.from_record(task_id, stored)
+        if record is None:  # (the error text is the record's)
+            record = await self._load(task_id, user_id)
+        if record.state is S.FAILED:
+            raise TaskFailed(task_id, "Error", record.error or "failed")
+        raise TaskCancelled(task_id, record.error)
 
     async def usage(
         self, thread_id: str, *, include_active: bool = False, user_id: str | None = None
