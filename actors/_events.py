@@ -296,6 +296,40 @@ class Watch:
             await self._wakeup.wait()
 
 
+class StateWatch:
+    """A task's state changes as they commit, for a waiter (``rt.wait``,
+    ``rt.result``): each committed state event of the task as (seq, state
+    value), with no batch, window or decoding of its other events."""
+
+    __slots__ = ("_wakeup", "changes", "closed", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        #: (seq, state value) of the state events offered and not taken yet.
+        self.changes: list[tuple[int, str]] = []
+        #: Set when the hub closes (the runtime is closing).
+        self.closed = False
+        self._wakeup = Wakeup()
+
+    def offer(self, seq: int, state: str) -> None:
+        self.changes.append((seq, state))
+        self._wakeup.set()
+
+    def take(self) -> list[tuple[int, str]]:
+        """The changes offered since the last take, oldest first."""
+        changes, self.changes = self.changes, []
+        return changes
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Wait until a change is offered or the hub closes (at once if so)."""
+        if not self.changes and not self.closed:
+            await self._wakeup.wait()
+
+
 class EventHub:
     """Fans committed events out to watches, by task and to global watches.
 
@@ -310,6 +344,7 @@ class EventHub:
         self.retain = retain if retain is not None else max(4 * capacity, MIN_RETAIN)
         self._by_task: dict[str, set[Watch]] = {}
         self._global: set[Watch] = set()
+        self._states: dict[str, set[StateWatch]] = {}
         #: task id -> its latest batches, contiguous, for watched tasks only
         #: (from their first commit while watched).
         self._windows: dict[str, collections.deque[EventBatch]] = {}
@@ -328,6 +363,8 @@ class EventHub:
 
         The store calls it once per committed batch, in commit order.
         """
+        if self._states:
+            self._offer_states(events)
         by_task = self._by_task
         everyone = self._global
         if not by_task and not everyone:
@@ -428,6 +465,16 @@ class EventHub:
             self._pages.move_to_end(key)
         return _after(entry, after), True
 
+    def _offer_states(self, events: Sequence[StoredEvent]) -> None:
+        states = self._states
+        for stored in events:
+            if stored.kind == "state":
+                watches = states.get(stored.task_id)
+                if watches:
+                    state = decode(stored.data)["to"]
+                    for watch in watches:
+                        watch.offer(stored.seq, state)
+
     def close(self) -> None:
         """Wake every watch with "closed"; new watches start closed."""
         self._closed = True
@@ -436,6 +483,24 @@ class EventHub:
                 watch.close()
         for watch in self._global:
             watch.close()
+        for state_watches in self._states.values():
+            for state_watch in state_watches:
+                state_watch.close()
+
+    def watch_states(self, task_id: str) -> StateWatch:
+        """Register a watch of one task's state changes (see StateWatch)."""
+        watch = StateWatch(task_id)
+        if self._closed:
+            watch.close()
+        self._states.setdefault(task_id, set()).add(watch)
+        return watch
+
+    def unwatch_states(self, watch: StateWatch) -> None:
+        watches = self._states.get(watch.task_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._states[watch.task_id]
 
     def watch(self, task_id: str | None, capacity: int | None = None) -> Watch:
         """Register a watch for one task, or (``task_id`` None) for every task."""
@@ -464,6 +529,7 @@ class EventHub:
         return {
             "task_watches": sum(len(w) for w in self._by_task.values()),
             "global_watches": len(self._global),
+            "state_watches": sum(len(w) for w in self._states.values()),
             "retained_events": self._recent_events,
         }
 
@@ -529,19 +595,6 @@ class EventStream:
         page, full = await self._hub.history(self._store, self.task_id, self._cursor)
         self._backlog.extend(page)
         self._history_done = not full
-
-    def _watch_from_now(self) -> None:
-        """Open without history: every event committed from now on reaches
-        the stream. Then read the task, and ``_start_after`` its last_seq:
-        the events up to it are dropped (a waiter needs the task's state now
-        and what comes next, not its history: one read, not three)."""
-        self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
-
-    def _start_after(self, seq: int) -> None:
-        """See ``_watch_from_now``: ``seq`` is the task's last_seq as read
-        after the watch began, so every later event is in the watch."""
-        self._cursor = self.last_seq = seq
-        self._history_done = True
 
     def _rewatch(self) -> None:
         """Replace a lagged watch (the new one first, so the task's window stays)."""

@@ -616,7 +616,7 @@ async def test_a_result_pending_when_the_runtime_closes_fails_with_an_actors_err
             info = await rt.submit("job")
             await a.entered.wait()
             nursery.start_soon(wait_for_result, rt, info.id)
-            while rt.statistics()["task_watches"] == 0:
+            while rt.statistics()["state_watches"] == 0:
                 await trio.testing.wait_all_tasks_blocked()
             await trio.testing.wait_all_tasks_blocked()
         with trio.fail_after(60):
