@@ -7,6 +7,10 @@ counts when its ``completed`` state event is committed (a commit listener on
 the store: no extra reads). The figures: tasks/s, committed events/s,
 commits (storage batches) per task, store writes per task, submits/s.
 
+One more figure, ``tasks_per_s.awaited``: the same tasks, each submitter
+awaiting its task's result with ``rt.result`` (what an application does)
+instead of the run counting commits.
+
 The runtime is opened with ``max_running=500``: at most 500 handlers run at
 once, and a task submitted beyond that waits as a record in a queue, with no
 actor (see ``actors/_slots.py``). That is the figure the targets are
@@ -138,6 +142,28 @@ async def _ours(n: int, path: str, max_running: int | None = MAX_RUNNING) -> dic
         # Rows the run inserted, per task (the warm-up task included in the counts).
         "rows": {table: count / (n + 1) for table, count in rows.items()},
     }
+
+
+async def _awaited(n: int, path: str, max_running: int | None = MAX_RUNNING) -> dict[str, Any]:
+    """As ``_ours``, but each submitter awaits its task's result with
+    ``rt.result`` (what an application does), instead of a commit listener."""
+    async with actors.open_runtime(
+        app, store=f"sqlite:///{path}", node_id="bench", max_running=max_running
+    ) as rt:
+        await rt.result((await rt.submit("three_steps", 0)).id)  # warm up
+        started = time.perf_counter()
+
+        async def submit_and_await(i: int) -> None:
+            info = await rt.submit("three_steps", i)
+            if await rt.result(info.id) != i + 3:
+                raise RuntimeError(f"task {info.id}: wrong result")
+
+        with trio.fail_after(900):
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(submit_and_await, i)
+        elapsed = time.perf_counter() - started
+    return {"n": n, "elapsed": elapsed, "tasks_per_s": n / elapsed}
 
 
 def _schema(connection: sqlite3.Connection) -> None:
@@ -312,14 +338,18 @@ def _ours_child(
     n: int,
     gc_threshold: tuple[int, int, int] | None,
     max_running: int | None = MAX_RUNNING,
+    *,
+    awaited: bool = False,
 ) -> dict[str, Any]:
     label = "default GC" if gc_threshold is None else f"gc.set_threshold{gc_threshold}"
-    log(f"a: ours, {n} tasks, {label}, max_running={max_running} (child process)")
+    how = ", each awaited with rt.result" if awaited else ""
+    log(f"a: ours, {n} tasks{how}, {label}, max_running={max_running} (child process)")
     args = {
         "n": n,
         "path": str(b.path("a-ours.db")),
         "gc": gc_threshold,
         "max_running": max_running,
+        "awaited": awaited,
     }
     return run_child("bench.throughput", args, timeout=900)
 
@@ -337,6 +367,11 @@ def run(b: Bench) -> None:
         tuned = _ours_child(b, n, TUNED_GC)
     except ChildError as exc:
         b.error("a", "tasks_per_s.tuned_gc", str(exc))
+    awaited: dict[str, Any] | None = None
+    try:
+        awaited = _ours_child(b, n, None, awaited=True)
+    except ChildError as exc:
+        b.error("a", "tasks_per_s.awaited", str(exc))
     naive: dict[str, Any] | None = None
     raw: dict[str, Any] | None = None
     try:
@@ -459,6 +494,19 @@ def run(b: Bench) -> None:
                 n=n,
                 elapsed_s=tuned["elapsed"],
             )
+    if awaited is not None:
+        b.emit(
+            "a",
+            "tasks_per_s.awaited",
+            awaited["tasks_per_s"],
+            "tasks/s",
+            baseline="naive_one_txn_per_write",
+            baseline_value=naive["tasks_per_s"] if naive else None,
+            n=n,
+            elapsed_s=awaited["elapsed"],
+            max_running=MAX_RUNNING,
+            how="each submitter awaits rt.result",
+        )
     b.emit(
         "a",
         "committed_events_per_s",
@@ -493,7 +541,8 @@ def main() -> None:
     args = child_args()
     if args.get("gc") is not None:
         gc.set_threshold(*args["gc"])
-    result = trio.run(_ours, args["n"], args["path"], args.get("max_running", MAX_RUNNING))
+    run = _awaited if args.get("awaited") else _ours
+    result = trio.run(run, args["n"], args["path"], args.get("max_running", MAX_RUNNING))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # The whole child's CPU, threads and start-up included (bench.compare).
     result["process_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
