@@ -269,6 +269,9 @@ class TaskActor(ActorLock):
         draft = self._draft
         if draft is not None and draft.done:
             self._draft = None  # keep nothing of a committed write
+            if draft.result is not None and isinstance(outcome, TaskWriteResult):
+                # The completion committed: its waiters need not read the result back.
+                self.runtime.hub.offer_result(self.task_id, draft.result)
         if isinstance(outcome, TaskWriteResult):
             self._fresh = outcome  # (its record is made when first read)
         elif isinstance(outcome, StaleEpochError):

@@ -301,12 +301,15 @@ class StateWatch:
     ``rt.result``): each committed state event of the task as (seq, state
     value), with no batch, window or decoding of its other events."""
 
-    __slots__ = ("_wakeup", "changes", "closed", "task_id")
+    __slots__ = ("_wakeup", "changes", "closed", "result", "task_id")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         #: (seq, state value) of the state events offered and not taken yet.
         self.changes: list[tuple[int, str]] = []
+        #: The result (JSON text) the task completed with, when its actor
+        #: said so at the commit (``EventHub.offer_result``).
+        self.result: str | None = None
         #: Set when the hub closes (the runtime is closing).
         self.closed = False
         self._wakeup = Wakeup()
@@ -486,6 +489,13 @@ class EventHub:
         for state_watches in self._states.values():
             for state_watch in state_watches:
                 state_watch.close()
+
+    def offer_result(self, task_id: str, text: str) -> None:
+        """Give the state watches of a task the result it completed with
+        (its actor calls this at the commit of its completion, before any
+        watcher runs): ``rt.result`` then needs no read of it."""
+        for watch in self._states.get(task_id, ()):
+            watch.result = text
 
     def watch_states(self, task_id: str) -> StateWatch:
         """Register a watch of one task's state changes (see StateWatch)."""

@@ -46,6 +46,7 @@ from storage import (
     TaskRecord,
     TaskState,
     TaskWrite,
+    decode,
     encode,
     quote,
 )
@@ -504,17 +505,18 @@ class Runtime:
     ) -> TaskInfo:
         """Wait until the task is in one of ``states`` (default: finished)."""
         wanted = frozenset(TaskState(s) for s in states) if states is not None else TERMINAL_STATES
-        reached = await self._wait_for(task_id, user_id, wanted)
+        reached, _ = await self._wait_for(task_id, user_id, wanted)
         if isinstance(reached, TaskRecord):
             return TaskInfo.from_record(reached)
         return await self.get(task_id)
 
     async def _wait_for(
         self, task_id: str, user_id: str | None, wanted: frozenset[TaskState]
-    ) -> TaskRecord | TaskState | None:
+    ) -> tuple[TaskRecord | TaskState | None, str | None]:
         """Wait until the task is in a state of ``wanted`` or finished: its
         record if it is now, else the state it entered (None: it finished
-        in another state).
+        in another state); and the result it completed with, if its actor
+        here said so at the commit (JSON text; else None).
 
         The watch of its state changes begins before the task is read, so
         nothing committed after the read is missed and no history is read;
@@ -529,16 +531,16 @@ class Runtime:
         try:
             record = self._held_record(task_id, user_id) or await self._load(task_id, user_id)
             if record.state in wanted or record.state.terminal:
-                return record
+                return record, None
             after = record.last_seq  # (what the record says happened already)
             while True:
                 for seq, value in watch.take():
                     if seq > after:
                         state = _STATES[value]
                         if state in wanted:
-                            return state
+                            return state, watch.result
                         if state.terminal:
-                            return None
+                            return None, None
                 if watch.closed:
                     raise RuntimeClosedError("the runtime closed while this wait went on")
                 await watch.wait()
@@ -553,7 +555,9 @@ class Runtime:
             TaskCancelled: it was cancelled or rejected.
             TaskNotFound: no such task (or it belongs to another user).
         """
-        reached = await self._wait_for(task_id, user_id, TERMINAL_STATES)
+        reached, text = await self._wait_for(task_id, user_id, TERMINAL_STATES)
+        if reached is S.COMPLETED and text is not None:
+            return decode(text)  # (what the store keeps: the same text)
         record = reached if isinstance(reached, TaskRecord) else None
         state = record.state if record is not None else reached
         if state is None:  # (it finished: a terminal state is wanted)

@@ -105,6 +105,30 @@ async def test_submit_moves_the_task_pending_running_completed(open_rt: OpenRunt
         assert moves == ["pending", "running", "completed"]
 
 
+async def test_result_is_the_stored_value_for_waiters_before_and_after_the_end(
+    open_rt: OpenRuntime,
+) -> None:
+    # A waiter that was waiting when the task completed gets the result its
+    # actor committed; one that comes later reads it from the store: both
+    # get the stored JSON form (a tuple comes back as a list), equal.
+    app, started, release = gated_app()
+    async with open_rt(app) as rt:
+        info = await rt.submit("gated", {"pair": (1, 2), "text": "é"})
+        await started.wait()
+        early: list[Any] = []
+
+        async def wait_early() -> None:
+            early.append(await rt.result(info.id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_early)
+            while rt.statistics()["state_watches"] == 0:
+                await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        late = await rt.result(info.id)
+    assert early == [late] == [{"pair": [1, 2], "text": "é"}]
+
+
 async def test_submit_with_a_task_id_is_idempotent_and_runs_once(open_rt: OpenRuntime) -> None:
     app = actors.App()
     runs: list[Any] = []
