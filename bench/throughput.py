@@ -357,21 +357,18 @@ def _ours_child(
 def run(b: Bench) -> None:
     n = b.size(10_000, 1_000)
     ours = _ours_child(b, n, None)
-    unbounded: dict[str, Any] | None = None
-    try:
-        unbounded = _ours_child(b, n, None, max_running=None)
-    except ChildError as exc:
-        b.error("a", "tasks_per_s.unbounded", str(exc))
-    tuned: dict[str, Any] | None = None
-    try:
-        tuned = _ours_child(b, n, TUNED_GC)
-    except ChildError as exc:
-        b.error("a", "tasks_per_s.tuned_gc", str(exc))
-    awaited: dict[str, Any] | None = None
-    try:
-        awaited = _ours_child(b, n, None, awaited=True)
-    except ChildError as exc:
-        b.error("a", "tasks_per_s.awaited", str(exc))
+
+    def variant(name: str, **options: Any) -> dict[str, Any] | None:
+        """One more run of ours, or None (and why) if it failed."""
+        try:
+            return _ours_child(b, n, **options)
+        except ChildError as exc:
+            b.error("a", f"tasks_per_s.{name}", str(exc))
+            return None
+
+    unbounded = variant("unbounded", gc_threshold=None, max_running=None)
+    tuned = variant("tuned_gc", gc_threshold=TUNED_GC)
+    awaited = variant("awaited", gc_threshold=None, awaited=True)
     naive: dict[str, Any] | None = None
     raw: dict[str, Any] | None = None
     try:
@@ -463,18 +460,26 @@ def run(b: Bench) -> None:
         baseline_value=raw["tasks_per_s"] if raw else None,
         **common,
     )
-    if unbounded is not None:
-        b.emit(
-            "a",
-            "tasks_per_s.unbounded",
-            unbounded["tasks_per_s"],
-            "tasks/s",
-            baseline="naive_one_txn_per_write",
-            baseline_value=naive["tasks_per_s"] if naive else None,
-            n=n,
-            elapsed_s=unbounded["elapsed"],
-            max_running=None,
-        )
+    for name, result, extra in (
+        ("unbounded", unbounded, {"max_running": None}),
+        (
+            "awaited",
+            awaited,
+            {"max_running": MAX_RUNNING, "how": "each submitter awaits rt.result"},
+        ),
+    ):
+        if result is not None:
+            b.emit(
+                "a",
+                f"tasks_per_s.{name}",
+                result["tasks_per_s"],
+                "tasks/s",
+                baseline="naive_one_txn_per_write",
+                baseline_value=naive["tasks_per_s"] if naive else None,
+                n=n,
+                elapsed_s=result["elapsed"],
+                **extra,
+            )
     if tuned is not None:
         for baseline, value, target in (
             ("naive_one_txn_per_write", naive["tasks_per_s"] if naive else None, 10),
@@ -494,19 +499,6 @@ def run(b: Bench) -> None:
                 n=n,
                 elapsed_s=tuned["elapsed"],
             )
-    if awaited is not None:
-        b.emit(
-            "a",
-            "tasks_per_s.awaited",
-            awaited["tasks_per_s"],
-            "tasks/s",
-            baseline="naive_one_txn_per_write",
-            baseline_value=naive["tasks_per_s"] if naive else None,
-            n=n,
-            elapsed_s=awaited["elapsed"],
-            max_running=MAX_RUNNING,
-            how="each submitter awaits rt.result",
-        )
     b.emit(
         "a",
         "committed_events_per_s",
