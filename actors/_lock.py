@@ -19,23 +19,13 @@ free lock is not a checkpoint). Waiting for it is cancellable.
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
 import trio
 
-
-class _Done:
-    """An awaitable that is done at once, without a checkpoint."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
-
-
-_DONE = _Done()
+from storage import READY
 
 
 class ActorLock:
@@ -89,7 +79,7 @@ class ActorLock:
     def __aenter__(self) -> Awaitable[None]:
         if not self._held:
             self._held = True
-            return _DONE
+            return READY
         return self.acquire()
 
     def __aexit__(
@@ -99,4 +89,4 @@ class ActorLock:
         traceback: TracebackType | None,
     ) -> Awaitable[None]:
         self.release()
-        return _DONE
+        return READY

@@ -55,6 +55,7 @@ from ._store import Store as Store
 from ._store import Subscription as Subscription
 from ._store import exception_record as exception_record
 from ._store import open_store as open_store
+from ._writer import READY as READY
 from ._writer import PendingWrite as PendingWrite
 from ._writer import StorageActor as StorageActor
 from ._writer import TaskDraft as TaskDraft
@@ -62,6 +63,7 @@ from ._writer import TaskDraft as TaskDraft
 __all__ = [
     "ACTIVE_STATES",
     "INFLIGHT_STATES",
+    "READY",
     "TERMINAL_STATES",
     "Backend",
     "BackendUnavailableError",

@@ -71,7 +71,9 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 
 
 class _Ready:
-    """An awaitable that is done at once (no checkpoint)."""
+    """An awaitable that is done at once (no checkpoint): what an
+    ``await``-able API returns when there is nothing to wait for, without
+    making a coroutine (``PendingWrite.wait_quietly``, the actor lock)."""
 
     __slots__ = ()
 
@@ -79,7 +81,7 @@ class _Ready:
         return iter(())  # type: ignore[return-value]
 
 
-_READY = _Ready()
+READY = _Ready()
 
 
 def _park_message() -> object | None:
@@ -189,7 +191,7 @@ class PendingWrite:
             if _PARK is not None:
                 return _PARKED
             return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
-        return _READY
+        return READY
 
     def _register(self, task: trio.lowlevel.Task) -> None:
         waiters = self._waiters
