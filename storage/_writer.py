@@ -552,6 +552,11 @@ class StorageActor:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
+    # KeyboardInterrupt protected: a Ctrl-C that lands while the actor runs
+    # goes to the main task instead, which then closes the store the proper
+    # way (queued writes applied, the node's tasks released). Raised in here,
+    # it killed the actor first, and every write after it was refused.
+    @trio.lowlevel.enable_ki_protection
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply batches until closed and drained. Cancelling it fails what is queued."""
         task_status.started()
@@ -634,6 +639,7 @@ class StorageActor:
                     if alone is not None:
                         await alone.wait()
 
+    @trio.lowlevel.enable_ki_protection  # (its own task: see serve)
     async def _commit(self, receive: trio.MemoryReceiveChannel[_Planned]) -> None:
         """Answer the batches in order, as the worker writes them (a batch
         that cannot be planned is applied here, alone)."""
