@@ -202,6 +202,9 @@ class TaskWriteResult:
             self._row, self._read = (), None
         return record
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (TaskWriteResult, (self.record, self.events, self.inbox_ids))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskWriteResult):
             return NotImplemented

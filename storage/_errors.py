@@ -18,6 +18,26 @@ from __future__ import annotations
 class StorageError(Exception):
     """Base class of every storage error."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as what it is, whatever its __init__ takes (the SQLite
+        # writer process sends the errors of the writes it refused).
+        # Its cause goes along (the driver's error a caller may inspect).
+        return (_rebuild, (type(self), self.args, self.__dict__ or None, self.__cause__))
+
+
+def _rebuild(
+    cls: type[StorageError],
+    args: tuple[object, ...],
+    state: dict[str, object] | None,
+    cause: BaseException | None = None,
+) -> StorageError:
+    error = cls.__new__(cls)
+    error.args = args
+    if state:
+        error.__dict__.update(state)
+    error.__cause__ = cause
+    return error
+
 
 class StaleEpochError(StorageError):
     """A write carried an epoch (or owner) that no longer owns the task."""

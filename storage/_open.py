@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ._backend import Backend
 from ._clock import Clock
@@ -14,6 +14,9 @@ from ._store import Store, open_store
 
 def backend_from_url(url: str) -> Backend:
     """The backend a URL names: ``memory://`` or ``sqlite:///path``.
+
+    ``sqlite:///path?writer=thread`` writes from a worker thread of this
+    process instead of the writer process (see ``SQLiteBackend``).
 
     Raises:
         BackendUnavailableError: unknown scheme, a backend this build lacks,
@@ -30,10 +33,18 @@ def backend_from_url(url: str) -> Backend:
 
         # sqlite:///tasks.db -> "tasks.db"; sqlite:////abs/tasks.db -> "/abs/tasks.db"
         path = url.split("://", 1)[1]
+        path, _, query = path.partition("?")
         path = path[1:] if path.startswith("/") else path
         if not path:
             raise BackendUnavailableError(f"no database path in {url!r}")
-        return SQLiteBackend(path)
+        options = parse_qs(query, keep_blank_values=True)
+        unknown = sorted(set(options) - {"writer"})
+        if unknown:
+            raise BackendUnavailableError(
+                f"unknown SQLite option(s) {unknown} in {url!r}: the one option is writer"
+            )
+        writer = options.get("writer", ["process"])[-1]
+        return SQLiteBackend(path, writer=writer)
     raise BackendUnavailableError(
         f"unsupported store URL {url!r}: expected memory:// or sqlite:///path"
     )

@@ -216,7 +216,8 @@ def key_state(connection: sqlite3.Connection, key: str, now: float) -> str | Non
     return None if row is None else str(row[0])
 
 
-def _task_ids(commands: Iterable[Command]) -> list[str]:
+def task_ids(commands: Iterable[Command]) -> list[str]:
+    """The ids of the tasks that commands name, once each, in order."""
     ids: dict[str, None] = {}
     for command in commands:
         if isinstance(command, (TaskWrite, ClaimTask, UpdateStatus)):
@@ -265,7 +266,7 @@ class WriteBatch:
     def apply(self, commands: Sequence[Command], refused: type[Exception]) -> list[object]:
         """Apply commands in order; one outcome each (an instance of ``refused``
         raised by a command becomes its outcome). Writes everything at the end."""
-        self._load(_task_ids(commands))
+        self._load(task_ids(commands))
         outcomes = self._decide(commands, refused)
         self.write()
         return outcomes

@@ -409,7 +409,9 @@ class GatedBackend(SQLiteBackend):
     GATE = storage.DeleteKeyState("gate")
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, busy_timeout=0)  # a read that waited would fail at once
+        # A read that waited would fail at once; the gate is in this
+        # process's worker thread (the writer process has its own tests).
+        super().__init__(path, busy_timeout=0, writer="thread")
         self.in_batch = threading.Event()
         self.release = threading.Event()
 
@@ -454,7 +456,7 @@ class HeldBackend(SQLiteBackend):
     until released, then fails it (``fail``) or commits it (white box)."""
 
     def __init__(self, path: Path, *, fail: bool) -> None:
-        super().__init__(path)
+        super().__init__(path, writer="thread")
         self.fail = fail
         self.held = threading.Event()
         self.release = threading.Event()

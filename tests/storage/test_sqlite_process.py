@@ -1,0 +1,121 @@
+"""The SQLite writer process (``storage/_sqlite_process.py``): the default
+writer of a file store. The contract suite runs on it already; these tests
+check what only it has: plans refused after another process wrote, in order,
+a writer process that dies, and the option that keeps the writer a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import trio
+
+import storage
+from storage import BackendUnavailableError, NewEvent, StaleEpochError, TaskState, TaskWrite
+from storage._open import backend_from_url
+from storage._sqlite import SQLiteBackend
+
+from .test_sqlite import make_task
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "tasks.db"
+
+
+def _child(store: storage.Store) -> trio.Process:
+    process = store._writer._process
+    assert process is not None, "the store has no writer process"
+    return process._process
+
+
+def test_the_writer_is_a_process_unless_the_url_asks_for_a_thread(path: Path) -> None:
+    assert isinstance(backend := backend_from_url(f"sqlite:///{path}"), SQLiteBackend)
+    assert backend.writer == "process"
+    assert isinstance(backend := backend_from_url(f"sqlite:///{path}?writer=thread"), SQLiteBackend)
+    assert backend.writer == "thread"
+    with pytest.raises(BackendUnavailableError, match="writer 'fibre'"):
+        backend_from_url(f"sqlite:///{path}?writer=fibre")
+    with pytest.raises(BackendUnavailableError, match=r"unknown SQLite option\(s\) \['mode'\]"):
+        backend_from_url(f"sqlite:///{path}?mode=fast")
+
+
+async def test_a_store_writes_through_its_own_process_and_ends_it_on_close(path: Path) -> None:
+    async with storage.open(f"sqlite:///{path}") as store:
+        await store.put_task(make_task("a"), [NewEvent("submitted")])
+        child = _child(store)
+        assert child.pid != os.getpid()
+        await store.write(TaskWrite("a", events=(NewEvent("one"), NewEvent("two"))))
+        assert child.returncode is None
+    assert child.returncode == 0
+    with closing(sqlite3.connect(path)) as connection:
+        kinds = [row[0] for row in connection.execute("SELECT kind FROM events ORDER BY seq")]
+    assert kinds == ["submitted", "one", "two"]
+
+
+async def test_a_write_after_another_process_took_the_task_is_decided_on_its_row(
+    path: Path,
+) -> None:
+    async with storage.open(f"sqlite:///{path}") as store:
+        await store.put_task(make_task("a"))
+        owned = await store.claim_task("a", "node-a", lease=60)
+        # The writer holds the row it wrote; another node takes the task.
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("UPDATE tasks SET owner = 'node-b', epoch = epoch + 1 WHERE id = 'a'")
+        with pytest.raises(StaleEpochError):
+            await store.write(TaskWrite("a", epoch=owned.epoch, state=TaskState.RUNNING))
+        record = await store.get_task("a")
+        assert record is not None
+        assert (record.owner, record.epoch) == ("node-b", owned.epoch + 1)
+        assert record.state is TaskState.PENDING
+        # The rows are read again: a write fenced by the new epoch goes through.
+        result = await store.write(TaskWrite("a", epoch=owned.epoch + 1, state=TaskState.RUNNING))
+        assert result.state is TaskState.RUNNING
+
+
+async def test_writes_behind_a_refused_plan_are_written_after_it_in_order(path: Path) -> None:
+    async with storage.open(f"sqlite:///{path}") as store:
+        for name in ("a", "b"):
+            await store.put_task(make_task(name))
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE tasks SET last_seq = 1 WHERE id = 'b'")
+            other.execute(
+                "INSERT INTO events (task_id, seq, at, kind, data)"
+                " VALUES ('b', 1, 0.0, 'foreign', '{}')"
+            )
+            other.execute("COMMIT")
+        # Queued at once: the first batches are planned on rows the other
+        # connection made stale; the writer refuses them, and they and every
+        # write behind them must still land once each, in order.
+        pending = [
+            store.execute_nowait(TaskWrite(name, events=(NewEvent(f"{name}{i}"),)))
+            for i in range(300)
+            for name in ("a", "b")
+        ]
+        for write in pending:
+            await write.wait()
+        events = await store.read_events("a")
+        assert [event.kind for event in events] == [f"a{i}" for i in range(300)]
+        assert [event.seq for event in events] == list(range(1, 301))
+        events = await store.read_events("b")
+        assert [event.kind for event in events] == ["foreign"] + [f"b{i}" for i in range(300)]
+        assert [event.seq for event in events] == list(range(1, 302))
+
+
+async def test_a_writer_process_that_dies_fails_writes_clearly(path: Path) -> None:
+    async with storage.open(f"sqlite:///{path}") as store:
+        await store.put_task(make_task("a"))
+        child = _child(store)
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        with pytest.raises(BackendUnavailableError, match="writer process"):
+            await store.write(TaskWrite("a", events=(NewEvent("lost"),)))
+        with pytest.raises(BackendUnavailableError, match=r"exited \(code -9\)"):
+            await store.put_task(make_task("b"))
+        assert await store.get_task("a") is not None  # reads go on
