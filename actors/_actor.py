@@ -57,6 +57,7 @@ import trio
 from storage import (
     ACTIVE_STATES,
     ConflictError,
+    EventLike,
     InboxItem,
     JournalEntry,
     JournalWrite,
@@ -74,7 +75,7 @@ from storage import (
     exception_record,
 )
 
-from ._context import MARK, Entry, TaskContext
+from ._context import KIND, MARK, RUN, VALUE, Entry, TaskContext
 from ._errors import (
     ActorsError,
     ActorStoppedError,
@@ -107,7 +108,7 @@ def _event(kind: str, data: Any = None) -> NewEvent:
 
 
 def _has_spawn(journal: dict[int, Entry]) -> bool:
-    return any(entry.kind == "spawn" for entry in journal.values())
+    return any(entry[KIND] == "spawn" for entry in journal.values())
 
 
 class _Superseded(ActorsError):
@@ -164,7 +165,7 @@ class TaskActor(ActorLock):
         self.task_id = record.id
         self.epoch = record.epoch
         self.journal: dict[int, Entry] = (
-            {e.index: Entry(e.kind, e.name, e.value, e.run) for e in journal} if journal else {}
+            {e.index: (e.kind, e.name, e.value, e.run) for e in journal} if journal else {}
         )
         self.journal_end = max(self.journal, default=-1) + 1
         #: Whether the journal holds a spawn (children to cancel when it ends).
@@ -235,12 +236,12 @@ class TaskActor(ActorLock):
         return TaskInfo.from_record(self.record)
 
     def latest_checkpoint_index(self) -> int | None:
-        indexes = [i for i, e in self.journal.items() if e.kind == "checkpoint"]
+        indexes = [i for i, e in self.journal.items() if e[KIND] == "checkpoint"]
         return max(indexes) if indexes else None
 
     def latest_checkpoint(self) -> Any:
         index = self.latest_checkpoint_index()
-        return None if index is None else decode(self.journal[index].value)
+        return None if index is None else decode(self.journal[index][VALUE])
 
     # -- writing ---------------------------------------------------------------
     def _draft_for(self, expect: frozenset[TaskState], *, fresh: bool = False) -> TaskDraft:
@@ -273,7 +274,11 @@ class TaskActor(ActorLock):
                 # The completion committed: its waiters need not read the result back.
                 self.runtime.hub.offer_result(self.task_id, draft.result)
         if isinstance(outcome, TaskWriteResult):
-            self._fresh = outcome  # (its record is made when first read)
+            # Kept for its state and record (made when first read), not its
+            # events: the commit listeners had them, and nothing here reads
+            # them again (while kept they would grow old in the collector).
+            outcome.events = ()
+            self._fresh = outcome
         elif isinstance(outcome, StaleEpochError):
             if self._lost is None:
                 self._lost = OwnershipLostError(f"task {self.task_id}: another node owns it now")
@@ -328,7 +333,7 @@ class TaskActor(ActorLock):
         command: Command,
         data: dict[str, Any] | None = None,
         *,
-        events: Sequence[NewEvent] = (),
+        events: Sequence[EventLike] = (),
         **fields: Any,
     ) -> TaskWriteResult | None:
         """Move the task (lock held); None for a no-op. Raises the lifecycle's errors."""
@@ -338,7 +343,7 @@ class TaskActor(ActorLock):
             return None
         # (hand-built: the runtime's own events need no encoder)
         head = f'{{"from":"{old.value}","to":"{new.value}"'
-        state_event = NewEvent("state", f"{head},{encode(data)[1:]}" if data else head + "}")
+        state_event = ("state", f"{head},{encode(data)[1:]}" if data else head + "}")
         # (_commit, inline: a parked transition holds one coroutine less)
         draft = self._add(ONLY[old], state=new, events=(*events, state_event), **fields)
         await draft.wait_quietly()
@@ -366,7 +371,7 @@ class TaskActor(ActorLock):
                 draft = self._draft_for(RUNNING)
             except StorageError:
                 return  # the store is closing: the run is about to be cancelled
-            draft.events.append(NewEvent(kind, text))
+            draft.events.append((kind, text))  # (a plain pair: see storage.EventLike)
 
     def progress_nowait(self, ctx: TaskContext, done: float, total: float | None) -> None:
         if self._live(ctx):
@@ -414,7 +419,7 @@ class TaskActor(ActorLock):
     def _remember(
         self, index: int, kind: str, name: str, value: str, run: int | None = None
     ) -> None:
-        self.journal[index] = Entry(kind, name, value, self.run if run is None else run)
+        self.journal[index] = (kind, name, value, self.run if run is None else run)
         if kind == "spawn":
             self._spawns = True
         if index >= self.journal_end:
@@ -445,7 +450,7 @@ class TaskActor(ActorLock):
         kind: str,
         name: str,
         value: str,
-        events: Sequence[NewEvent],
+        events: Sequence[EventLike],
     ) -> TaskDraft | None:
         """The first half of ``record_entry``: add the entry to the draft and
         return the draft to wait for; None if the run was ended (its caller
@@ -580,7 +585,9 @@ class TaskActor(ActorLock):
             self._run_scope.cancel()
 
     async def _attempts(self, scope: trio.CancelScope, request: Request) -> None:
-        async with self._lock:
+        # (take/release, not ``async with``: see ActorLock.take)
+        await self._lock.take()
+        try:
             if request.run != self.run:
                 return  # a run decided before a message started another
             if self.state is S.PENDING:
@@ -589,6 +596,8 @@ class TaskActor(ActorLock):
                 await self._transition(Command.START, {"run": self.run})
             elif self.state is not S.RUNNING:
                 return
+        finally:
+            self._lock.release()
         spec = self.spec
         attempt = 0
         while True:
@@ -674,7 +683,8 @@ class TaskActor(ActorLock):
             self._raise_lost_write()  # not completed as if everything were written
         except StorageError as error:
             return error
-        async with self._lock:
+        await self._lock.take()  # (see ActorLock.take)
+        try:
             if self._live(ctx) and self._lost is None:
                 await self._transition(
                     Command.COMPLETE,
@@ -684,6 +694,8 @@ class TaskActor(ActorLock):
                     release=True,
                 )
                 self.inbox = ()
+        finally:
+            self._lock.release()
         return None
 
     def _drop_events(self) -> tuple[NewEvent, ...]:
@@ -899,7 +911,7 @@ class TaskActor(ActorLock):
                 discard_run=old_run if rollback else None,
             )
             if rollback:
-                self.journal = {i: e for i, e in self.journal.items() if e.run != old_run}
+                self.journal = {i: e for i, e in self.journal.items() if e[RUN] != old_run}
                 self._spawns = _has_spawn(self.journal)
                 self.journal_end = max(self.journal, default=-1) + 1
             self._next = Request(value, self.run)

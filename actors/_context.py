@@ -33,11 +33,11 @@ import random as random_module
 import types
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
-from storage import NewEvent, decode, encode, on_virtual_time, quote
+from storage import decode, encode, on_virtual_time, quote
 
 from ._errors import NonDeterminismError, TaskFailed
 from ._info import TaskInfo
@@ -53,16 +53,16 @@ T = TypeVar("T")
 MARK = "mark"
 
 
-class Entry(NamedTuple):
-    """A journal entry as a task actor keeps it (an actor holds one per
-    durable call: a named tuple is smaller, and cheaper to make and for the
-    collector to walk, than an attrs instance)."""
-
-    kind: str
-    name: str
-    #: JSON text of the stored value.
-    value: str
-    run: int
+#: A journal entry as a task actor keeps it: (kind, name, value, run), the
+#: value as JSON text; read with the positions below. A plain tuple of
+#: strings and an int: the collector stops tracking it at its first pass,
+#: where a named tuple stays tracked as long as the actor lives (an actor
+#: holds one per durable call; issue #5).
+Entry = tuple[str, str, str, int]
+KIND: Final = 0
+NAME: Final = 1
+VALUE: Final = 2
+RUN: Final = 3
 
 
 #: Event kinds the runtime writes; ``ctx.emit`` may not use them.
@@ -186,8 +186,8 @@ class TaskContext:
             first = journal.get(0)
             if (
                 first is not None
-                and first.kind != MARK
-                and not (first.kind == kind and first.name == name)
+                and first[KIND] != MARK
+                and not (first[KIND] == kind and first[NAME] == name)
             ):
                 resume = self._actor.latest_checkpoint_index()
                 if resume is not None:
@@ -195,11 +195,11 @@ class TaskContext:
         index = self._cursor
         self._cursor += 1
         recorded = journal.get(index)
-        entry = None if recorded is not None and recorded.kind == MARK else recorded
-        if entry is not None and (entry.kind != kind or entry.name != name):
+        entry = None if recorded is not None and recorded[KIND] == MARK else recorded
+        if entry is not None and (entry[KIND] != kind or entry[NAME] != name):
             raise NonDeterminismError(
                 f"task {self.task_id}: replay asked for {kind} {name!r} at position {index}, "
-                f"but the recorded run has {entry.kind} {entry.name!r} there; "
+                f"but the recorded run has {entry[KIND]} {entry[NAME]!r} there; "
                 "the handler must make its durable calls in the same order on every run"
             )
         if recorded is None and index < self._actor.journal_end:
@@ -244,7 +244,7 @@ class TaskContext:
         index, entry = self._next("step", name)
         if entry is not None:
             await trio.lowlevel.checkpoint()  # a replay is a cancel point too
-            return decode(entry.value)
+            return decode(entry[VALUE])
         # The runtime's own events are built by hand (an encoder costs more).
         where = f'{{"name":{quote(name)},"index":{index}}}'
         actor.emit_text_nowait(self, "step_started", where)
@@ -288,9 +288,7 @@ class TaskContext:
         if armed:
             await runtime._fault_point("after_body", self.task_id, name, index)
         # record_entry, inline: a waiting step holds two coroutines less.
-        draft = actor.record_draft(
-            self, index, "step", name, text, (NewEvent("step_completed", where),)
-        )
+        draft = actor.record_draft(self, index, "step", name, text, (("step_completed", where),))
         if draft is None:
             await actor._dead_run()
         await draft.wait_quietly()
@@ -311,7 +309,7 @@ class TaskContext:
         await self._actor.safe_point(self)
         index, entry = self._next("checkpoint", "checkpoint")
         if entry is not None:
-            self._state = decode(entry.value)
+            self._state = decode(entry[VALUE])
             return
         text = encode(state)
         await self._actor.record_entry(
@@ -338,13 +336,13 @@ class TaskContext:
         name = "auth" if auth else "input"
         index, entry = self._next("ask", name)
         if entry is not None:
-            return decode(entry.value)
+            return decode(entry[VALUE])
         return await self._actor.answer_or_suspend(self, index, name, question, auth)
 
     def _value(self, name: str, make: Callable[[], Any]) -> Any:
         index, entry = self._next("value", name)
         if entry is not None:
-            return decode(entry.value)
+            return decode(entry[VALUE])
         text = encode(make())
         self._actor.record_nowait(self, index, "value", name, text)
         return decode(text)
@@ -376,7 +374,7 @@ class TaskContext:
         finishes are cancelled.
         """
         index, entry = self._next("spawn", name)
-        child_id = decode(entry.value) if entry is not None else f"{self.task_id}.{index}"
+        child_id = decode(entry[VALUE]) if entry is not None else f"{self.task_id}.{index}"
         info = await self._actor.spawn_child(child_id, name, input, metadata, strategy)
         if entry is None:
             await self._actor.record_entry(
@@ -400,7 +398,7 @@ class TaskContext:
             outcome = await self._actor.join(task_id)
             await self._actor.record_entry(self, index, "join", task_id, encode(outcome))
         else:
-            outcome = decode(entry.value)
+            outcome = decode(entry[VALUE])
         if "error" in outcome:
             error = outcome["error"]
             raise TaskFailed(task_id, error["type"], error["message"], error.get("traceback", ""))

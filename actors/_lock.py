@@ -77,6 +77,12 @@ class ActorLock:
     # Not coroutine functions: ``async with`` awaits whatever they return, and
     # the free lock (the rule) needs no coroutine object to take or give back.
     def __aenter__(self) -> Awaitable[None]:
+        return self.take()
+
+    def take(self) -> Awaitable[None]:
+        """``await lock.take()``: ``acquire`` without a coroutine when free.
+        With ``try: ... finally: lock.release()`` instead of ``async with``,
+        a block that waits holds no bound ``__aexit__`` meanwhile."""
         if not self._held:
             self._held = True
             return READY

@@ -41,6 +41,7 @@ from ._open import open as open
 from ._records import ACTIVE_STATES as ACTIVE_STATES
 from ._records import INFLIGHT_STATES as INFLIGHT_STATES
 from ._records import TERMINAL_STATES as TERMINAL_STATES
+from ._records import EventLike as EventLike
 from ._records import ExceptionRecord as ExceptionRecord
 from ._records import InboxItem as InboxItem
 from ._records import JournalEntry as JournalEntry

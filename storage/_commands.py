@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from ._records import (
+    EventLike,
     ExceptionRecord,
     NewEvent,
     NodeRecord,
@@ -97,7 +98,7 @@ class TaskWrite:
     expect: frozenset[TaskState] | None = None
     #: New state, if it changes.
     state: TaskState | None = None
-    events: Sequence[NewEvent] = ()
+    events: Sequence[EventLike] = ()
     journal: Sequence[JournalWrite] = ()
     #: Delete the journal entries recorded by this run (rollback).
     discard_run: int | None = None

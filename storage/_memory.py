@@ -56,6 +56,7 @@ from ._errors import (
 )
 from ._records import (
     ACTIVE_STATES,
+    EventLike,
     ExceptionRecord,
     InboxItem,
     JournalEntry,
@@ -202,12 +203,12 @@ class MemoryBackend:
         return record
 
     def _append_events(
-        self, record: TaskRecord, events: Sequence[NewEvent], now: float
+        self, record: TaskRecord, events: Sequence[EventLike], now: float
     ) -> tuple[StoredEvent, ...]:
         history = self._events[record.id]
         stored = tuple(
-            StoredEvent(record.id, seq, event.kind, now, event.data)
-            for seq, event in enumerate(events, start=record.last_seq + 1)
+            StoredEvent(record.id, seq, kind, now, data)
+            for seq, (kind, data) in enumerate(events, start=record.last_seq + 1)
         )
         for event in stored:
             self._append(history, event)

@@ -105,6 +105,14 @@ class NewEvent(NamedTuple):
     data: str = "{}"
 
 
+#: An event to append, as a write carries it: a NewEvent, or a plain
+#: (kind, JSON data) pair. The runtime's own events are plain pairs: a plain
+#: tuple of strings is made in C, and the collector stops tracking it at its
+#: first pass (issue #5: the events of the writes in flight were a tenth of
+#: what each collection of the middle generation moved to the oldest).
+EventLike = tuple[str, str]
+
+
 class StoredEvent(NamedTuple):
     """An event of a task's history."""
 

@@ -77,6 +77,7 @@ from ._commands import (
 from ._errors import ConflictError, LeaseHeldError, RecordNotFoundError, StaleEpochError
 from ._records import (
     TERMINAL_STATES,
+    EventLike,
     ExceptionRecord,
     JournalEntry,
     NewEvent,
@@ -165,7 +166,7 @@ _RELEASE = "UPDATE tasks SET owner = NULL, lease_expires = NULL WHERE owner = ?"
 #: writer process, which has the GIL to itself, stops at 256 rows (see
 #: ``_sqlite_process.py``): SQLite takes 40 ms to compile the insert of
 #: 4,096 tasks, 1 ms for 256 rows.
-STATEMENT_SIZES = (16, 64, 256, 1024, 4096)
+STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256, 1024, 4096)
 
 
 def write_rows(
@@ -414,7 +415,7 @@ class WriteBatch:
             write_rows(connection, _INSERT_USAGE, 9, self.usage)
 
     def _append_events(
-        self, task_id: str, row: list[Any], events: Sequence[NewEvent]
+        self, task_id: str, row: list[Any], events: Sequence[EventLike]
     ) -> tuple[StoredEvent, ...]:
         if not events:
             return ()

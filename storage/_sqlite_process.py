@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 PLAN, APPLY, RESUME = b"P", b"A", b"R"
 OK, STALE, FAILED, APPLIED = b"o", b"s", b"f", b"a"
 _HEADER = 4
+#: The writer process's multi-row statement sizes (see ``child_main``).
+_CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
 #: The folder holding the ``storage`` package: the child imports it from there.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,7 +160,7 @@ def child_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # No GIL to share here: more statements of fewer rows, each quick to
     # compile (the first batch of 4,096 new tasks waited 56 ms for it).
-    _sqlite_commands.STATEMENT_SIZES = (16, 64, 256)
+    _sqlite_commands.STATEMENT_SIZES = _CHILD_STATEMENT_SIZES
     path, journal_mode, synchronous, busy_timeout = argv
     backend = SQLiteBackend(
         path, journal_mode=journal_mode, synchronous=synchronous, busy_timeout=float(busy_timeout)

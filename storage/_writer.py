@@ -54,7 +54,7 @@ from ._backend import Backend, PlanningBackend
 from ._clock import Clock
 from ._commands import Command, CreateResult, JournalWrite, TaskWrite, TaskWriteResult
 from ._errors import BackendUnavailableError, StorageClosedError, StorageError
-from ._records import NewEvent, StoredEvent, TaskState, UsageRecord
+from ._records import EventLike, StoredEvent, TaskState, UsageRecord
 
 if TYPE_CHECKING:
     from ._sqlite_process import SentPlan, WriterProcess
@@ -115,15 +115,30 @@ _PARK = _park_message()
 _WOKEN = outcome.Value(None)
 
 
-class _Parked:
-    """``await`` it: park the current task until rescheduled (one generator)."""
+class _Parked(Generator[Any, Any, None]):
+    """``await`` it: park the current task until rescheduled.
+
+    Its own iterator, and one object for every wait: the first step hands
+    trio the shared message, and the step that resumes the task (a ``send``
+    of what it was rescheduled with) ends the wait. No generator per wait
+    (issue #5: six a task, each alive as long as its wait, long enough for
+    the collector to move it to an older generation and walk it again).
+    """
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, Any, None]:
-        sent = yield _PARK
+    def __await__(self) -> _Parked:
+        return self
+
+    def send(self, sent: Any) -> Any:
+        if sent is None:  # the first step
+            return _PARK
         if sent is not _WOKEN:
-            sent.unwrap()
+            sent.unwrap()  # an Error outcome raises here
+        raise StopIteration
+
+    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
+        raise typ if value is None else value
 
 
 _PARKED = _Parked()
@@ -273,7 +288,7 @@ class TaskDraft(TaskWrite, PendingWrite):
 
     __slots__ = ("_closed", "_leaves", "_outcome", "_taken", "_waiters", "on_outcome")
 
-    events: list[NewEvent]
+    events: list[EventLike]
 
     #: Events after which a draft takes no more (the next part opens a new one).
     max_events = 4096
@@ -313,7 +328,7 @@ class TaskDraft(TaskWrite, PendingWrite):
 
     def add(
         self,
-        events: Sequence[NewEvent] = (),
+        events: Sequence[EventLike] = (),
         *,
         journal: Sequence[JournalWrite] = (),
         usage: Sequence[UsageRecord] = (),
