@@ -9,7 +9,8 @@ separate runs. This runs our part of scenario a (``bench.throughput``:
 checked out in a temporary worktree) and on this tree by turns, each in a
 child process of its own, and prints one JSON line per pair, then the
 medians and the median of the pairs' ratios (this / REF). CPU is the child
-process's whole CPU time (both threads, start-up included).
+process's whole CPU time (its threads and start-up; not the SQLite writer
+process's, a process of its own since it left the worker thread).
 """
 
 from __future__ import annotations
