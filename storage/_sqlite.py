@@ -41,6 +41,7 @@ import functools
 import json
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager, suppress
@@ -176,7 +177,9 @@ class SQLiteBackend:
             default: a child process of its own, see ``_sqlite_process.py``)
             or ``"thread"`` (a worker thread of this process, which waits
             for the GIL whenever trio is busy: about a third slower under
-            load, issue #5).
+            load, issue #5). A frozen application (PyInstaller and the
+            like), or a system where no process can be started, writes from
+            the thread.
 
     Raises:
         BackendUnavailableError: ``:memory:`` or an empty path (each reader
@@ -482,10 +485,11 @@ class SQLiteBackend:
     forget_rows = _forget_rows
 
     # -- the writer process (see _sqlite_process.py) ------------------------------
-    def open_writer(self) -> AbstractAsyncContextManager[WriterProcess] | None:
+    def open_writer(self) -> AbstractAsyncContextManager[WriterProcess | None] | None:
         """For the storage actor: the writer process to start (None: write
         in the worker thread)."""
-        if self.writer != "process":
+        if self.writer != "process" or getattr(sys, "frozen", False):
+            # (a frozen application's executable cannot run ``-m``)
             return None
         from ._sqlite_process import open_writer_process
 

@@ -47,6 +47,7 @@ fails with ``BackendUnavailableError`` naming its exit code.
 from __future__ import annotations
 
 import collections
+import logging
 import marshal
 import os
 import pickle
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 PLAN, APPLY, RESUME = b"P", b"A", b"R"
 OK, STALE, FAILED, APPLIED = b"o", b"s", b"f", b"a"
 _HEADER = 4
+log = logging.getLogger("taskactors.storage")
 #: The writer process's multi-row statement sizes (see ``child_main``).
 _CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
 #: The folder holding the ``storage`` package: the child imports it from there.
@@ -415,9 +417,11 @@ def _apply_body(commands: Sequence[Command], now: float) -> bytes:
 
 
 @asynccontextmanager
-async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterProcess]:
+async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterProcess | None]:
     """Start the child for an open backend; on exit, close its stdin and
-    wait until it has written everything sent and ended."""
+    wait until it has written everything sent and ended. None (and a
+    warning) if no process can be started: the store writes from its
+    worker thread instead."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -430,7 +434,9 @@ async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterPro
             env=env,
         )
     except OSError as exc:
-        raise BackendUnavailableError(f"cannot start the SQLite writer process: {exc}") from exc
+        log.warning("cannot start the SQLite writer process (%s): writing from a thread", exc)
+        yield None
+        return
     writer = WriterProcess(backend, process)
     try:
         async with trio.open_nursery() as nursery:

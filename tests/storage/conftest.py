@@ -22,11 +22,16 @@ def _open_sqlite(tmp_path: Path) -> AbstractAsyncContextManager[storage.Store]:
     return storage.open(f"sqlite:///{tmp_path}/contract.db")
 
 
+def _open_sqlite_thread(tmp_path: Path) -> AbstractAsyncContextManager[storage.Store]:
+    return storage.open(f"sqlite:///{tmp_path}/contract.db?writer=thread")
+
+
 #: Every backend the contract suite runs against, as (test id, opener).
 #: A new backend (postgres, redis) is one more line here, nothing else.
 BACKENDS: list[tuple[str, Callable[[Path], AbstractAsyncContextManager[storage.Store]]]] = [
     ("memory", _open_memory),
     ("sqlite", _open_sqlite),
+    ("sqlite-thread", _open_sqlite_thread),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -119,3 +120,27 @@ async def test_a_writer_process_that_dies_fails_writes_clearly(path: Path) -> No
         with pytest.raises(BackendUnavailableError, match=r"exited \(code -9\)"):
             await store.put_task(make_task("b"))
         assert await store.get_task("a") is not None  # reads go on
+
+
+async def test_a_store_that_cannot_start_its_writer_process_writes_from_a_thread(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refuse(*args: object, **kwargs: object) -> trio.Process:
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(trio.lowlevel, "open_process", refuse)
+    async with storage.open(f"sqlite:///{path}") as store:
+        await store.put_task(make_task("a"), [NewEvent("submitted")])
+        await store.write(TaskWrite("a", events=(NewEvent("one"),)))
+        assert store._writer._process is None
+        assert [event.kind for event in await store.read_events("a")] == ["submitted", "one"]
+    assert "cannot start the SQLite writer process (no processes here)" in caplog.text
+
+
+def test_a_frozen_application_writes_from_a_thread(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = SQLiteBackend(path)
+    assert backend.open_writer() is not None
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert backend.open_writer() is None
