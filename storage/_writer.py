@@ -10,11 +10,16 @@ a short queue, half of a long one: see ``_next_batch``; at most
 the backend as one transaction: in the actor's worker thread for a blocking
 backend (one wake-up back into trio per batch), inline for the memory
 backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
-batch in trio first and only writes it in the thread, so the writer thread
-holds the GIL for little more than binding its parameters; and the actor
-decides the next batch while the thread writes the one before (two batches
-in hand: ``_serve_pipelined``), so neither trio nor the writer waits for the
-other while there is work. When the batch returns, it is durable: the actor
+batch in trio first and only writes it elsewhere: in the backend's writer
+process if it has one (SQLite's default, ``_sqlite_process.py``: a GIL of
+its own), else in the worker thread, which then holds the GIL for little
+more than binding its parameters; and the actor decides the next batch
+while the one before is written (two batches in hand:
+``_serve_pipelined``), so neither trio nor the writer waits for the other
+while there is work. After answering a batch the actor lets a few
+scheduling rounds pass before taking the next (``_GROUP_ROUNDS``), so that
+the writers it woke queue their next writes together. When the batch
+returns, it is durable: the actor
 first tells the commit listeners (so subscribers see committed events, in
 commit order, and only those), then resolves every write of the batch in
 order (outcome callbacks run right then, in commit order), then wakes the
