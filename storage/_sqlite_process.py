@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._errors import BackendUnavailableError, StorageError
+from ._errors import BackendUnavailableError, StorageClosedError, StorageError
 
 if TYPE_CHECKING:
     from ._commands import Command
@@ -74,6 +74,8 @@ PLAN, APPLY, RESUME = b"P", b"A", b"R"
 OK, STALE, FAILED, APPLIED = b"o", b"s", b"f", b"a"
 _HEADER = 4
 log = logging.getLogger("taskactors.storage")
+#: Seconds a cancelled store still waits for the answers to frames it sent.
+_HEAR_OUT = 30.0
 #: The writer process's multi-row statement sizes (see ``child_main``).
 _CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
 #: The folder holding the ``storage`` package: the child imports it from there.
@@ -232,7 +234,7 @@ class _Reply:
         self.kind = b""
         self.body = b""
 
-    def fail(self, error: BackendUnavailableError) -> None:
+    def fail(self, error: StorageError) -> None:
         self.kind, self.body = FAILED, pickle.dumps(error)
         self._done.set()
 
@@ -263,7 +265,7 @@ class WriterProcess:
         #: Set while refused plans are being applied the long way: no plan is
         #: sent meanwhile (it would be refused, and written after them).
         self._draining: trio.Event | None = None
-        self._broken: BackendUnavailableError | None = None
+        self._broken: StorageError | None = None
 
     # -- sending -----------------------------------------------------------
     async def _send(self, kind: bytes, body: bytes, reply: bool = True) -> _Reply:
@@ -272,30 +274,49 @@ class WriterProcess:
         answer = _Reply()
         if self._broken is None:
             async with self._send_lock:
-                if reply:
-                    self._replies.append(answer)
-                try:
-                    # Whole frames only: a frame cut short would garble the stream.
-                    with trio.CancelScope(shield=True):
-                        await self._stdin.send_all(_frame(kind, body))
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._fail(f"cannot send to the SQLite writer process: {exc!r}")
+                # (again: the reader may have ended while this waited)
+                if self._broken is None:
+                    if reply:
+                        self._replies.append(answer)
+                    try:
+                        # Whole frames only: a frame cut short would garble the stream.
+                        with trio.CancelScope(shield=True):
+                            await self._stdin.send_all(_frame(kind, body))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self._fail(f"cannot send to the SQLite writer process: {exc!r}")
         if self._broken is not None and not answer._done.is_set():
+            # Never sent (or its answer failed with the rest): not written.
             answer.fail(self._broken)
         return answer
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, closed: bool = False) -> None:
         if self._broken is None:
-            self._broken = BackendUnavailableError(reason)
+            self._broken = StorageClosedError(reason) if closed else BackendUnavailableError(reason)
         self._backend.forget_rows()
         while self._replies:
             self._replies.popleft().fail(self._broken)
 
     async def read_replies(self) -> None:
         """Match the child's replies to the frames sent, in order, until the
-        child's stdout closes."""
+        child's stdout closes. Cancelled with frames unanswered, it goes on
+        until they are answered (shielded, for at most ``_HEAR_OUT``
+        seconds): the child writes them anyway, and their writers, who wait
+        for the truth, must learn it."""
         buffer = bytearray()
-        while True:
+        try:
+            await self._read(buffer, until_answered=False)
+        finally:
+            if self._replies and self._broken is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(_HEAR_OUT):
+                    await self._read(buffer, until_answered=True)
+            if self._replies:
+                self._fail("the SQLite writer process did not answer in time")
+            # No one reads replies from here on: a frame sent now would wait
+            # for its answer forever, so none is sent (its write fails).
+            self._fail("the store closed before this write reached its writer process", closed=True)
+
+    async def _read(self, buffer: bytearray, *, until_answered: bool) -> None:
+        while not (until_answered and not self._replies):
             try:
                 data = await self._stdout.receive_some(1 << 20)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -6,9 +6,11 @@ a writer process that dies, and the option that keeps the writer a thread.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -22,6 +24,8 @@ from storage._open import backend_from_url
 from storage._sqlite import SQLiteBackend
 
 from .test_sqlite import make_task
+
+CANCEL_CHILD = Path(__file__).with_name("cancel_child.py")
 
 
 @pytest.fixture
@@ -144,3 +148,21 @@ def test_a_frozen_application_writes_from_a_thread(
     assert backend.open_writer() is not None
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert backend.open_writer() is None
+
+
+def test_writers_learn_the_truth_when_the_store_is_cancelled_mid_batch(tmp_path: Path) -> None:
+    # Cancelled at one moment or another of its first batches: a write that
+    # reports success is in the database, one that failed is not, and nothing
+    # waits for an answer that never comes (the child would hang).
+    done = subprocess.run(
+        [sys.executable, str(CANCEL_CHILD), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [result["turns"] for result in results] == [1, 3, 5, 8, 13]
+    for result in results:
+        assert result["done"] == 3000, result
+        assert result["succeeded"] == result["in_database"], result
