@@ -40,8 +40,11 @@ The parent never writes to the database while the child lives: the child's
 process wrote. The child ignores SIGINT (Ctrl-C reaches the whole process
 group; the parent closes the store properly, then the child's stdin) and
 exits when its stdin closes; if the parent dies, the closed pipe ends the
-child too. If the child dies, every write in flight and every later one
-fails with ``BackendUnavailableError`` naming its exit code.
+child too. If the child dies, the writes it had not answered fail with
+``BackendUnavailableError`` naming its exit code (each may or may not be in
+the store: the parent forgets the rows it held, and reads them again), and
+a new child takes over; a child that dies as soon as it starts, three times
+in a row, is given up, and every later write fails saying so.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ _HEADER = 4
 log = logging.getLogger("taskactors.storage")
 #: Seconds a cancelled store still waits for the answers to frames it sent.
 _HEAR_OUT = 30.0
+#: A child that dies this many times in a row, each within ``_QUICK_DEATH``
+#: seconds of its start, is not started again (it cannot open the file...).
+_QUICK_DEATHS = 3
+_QUICK_DEATH = 2.0
 #: The writer process's multi-row statement sizes (see ``child_main``).
 _CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
 #: The folder holding the ``storage`` package: the child imports it from there.
@@ -254,10 +261,11 @@ class WriterProcess:
 
     def __init__(self, backend: SQLiteBackend, process: trio.Process) -> None:
         self._backend = backend
-        self._process = process
-        assert process.stdin is not None and process.stdout is not None
-        self._stdin = process.stdin
-        self._stdout = process.stdout
+        self._adopt(process)
+        #: Deaths in a row, each within ``_QUICK_DEATH`` s of its start.
+        self._quick_deaths = 0
+        #: Set when the store closes the child's stdin: its end is no death.
+        self._closing = False
         self._send_lock = trio.Lock()
         self._replies: collections.deque[_Reply] = collections.deque()
         #: PLAN frames sent and not answered yet.
@@ -266,6 +274,13 @@ class WriterProcess:
         #: sent meanwhile (it would be refused, and written after them).
         self._draining: trio.Event | None = None
         self._broken: StorageError | None = None
+
+    def _adopt(self, process: trio.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._started = time.monotonic()
 
     # -- sending -----------------------------------------------------------
     async def _send(self, kind: bytes, body: bytes, reply: bool = True) -> _Reply:
@@ -282,19 +297,54 @@ class WriterProcess:
                         # Whole frames only: a frame cut short would garble the stream.
                         with trio.CancelScope(shield=True):
                             await self._stdin.send_all(_frame(kind, body))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        self._fail(f"cannot send to the SQLite writer process: {exc!r}")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the child is gone: the reader fails this write, then restarts it
         if self._broken is not None and not answer._done.is_set():
             # Never sent (or its answer failed with the rest): not written.
             answer.fail(self._broken)
         return answer
 
     def _fail(self, reason: str, *, closed: bool = False) -> None:
+        """Fail every write waiting for an answer, and every later one."""
         if self._broken is None:
             self._broken = StorageClosedError(reason) if closed else BackendUnavailableError(reason)
-        self._backend.forget_rows()
+        self._fail_replies(self._broken)
+
+    def _fail_replies(self, error: StorageError) -> None:
+        self._backend.forget_rows()  # (what the child wrote last is unknown)
         while self._replies:
-            self._replies.popleft().fail(self._broken)
+            self._replies.popleft().fail(error)
+
+    async def _restart(self) -> bool:
+        """The child is gone: fail the writes it did not answer, start
+        another. False (every write fails from now on) if none starts, or if
+        the children keep dying as soon as they start."""
+        async with self._send_lock:  # no frame goes to the dead child meanwhile
+            code = await self._process.wait()
+            self._fail_replies(
+                BackendUnavailableError(
+                    f"the SQLite writer process exited (code {code}) before answering: "
+                    "this write may or may not be in the store"
+                )
+            )
+            quick = time.monotonic() - self._started < _QUICK_DEATH
+            self._quick_deaths = self._quick_deaths + 1 if quick else 0
+            if self._quick_deaths >= _QUICK_DEATHS:
+                self._fail(
+                    f"the SQLite writer process exited (code {code}), {self._quick_deaths} times "
+                    "in a row as soon as it started: writes fail until the store is opened again"
+                )
+                return False
+            with trio.CancelScope(shield=True):  # (a child started is a child adopted)
+                try:
+                    process = await _spawn(self._backend)
+                except OSError as exc:
+                    self._fail(f"the SQLite writer process exited (code {code}): {exc}")
+                    return False
+                await self._stdin.aclose()
+                self._adopt(process)
+        log.warning("the SQLite writer process exited (code %s); a new one took over", code)
+        return True
 
     async def read_replies(self) -> None:
         """Match the child's replies to the frames sent, in order, until the
@@ -304,7 +354,12 @@ class WriterProcess:
         for the truth, must learn it."""
         buffer = bytearray()
         try:
-            await self._read(buffer, until_answered=False)
+            while (
+                await self._read(buffer, until_answered=False)
+                and not self._closing
+                and await self._restart()
+            ):
+                buffer = bytearray()
         finally:
             if self._replies and self._broken is None:
                 with trio.CancelScope(shield=True), trio.move_on_after(_HEAR_OUT):
@@ -315,16 +370,23 @@ class WriterProcess:
             # for its answer forever, so none is sent (its write fails).
             self._fail("the store closed before this write reached its writer process", closed=True)
 
-    async def _read(self, buffer: bytearray, *, until_answered: bool) -> None:
+    async def _read(self, buffer: bytearray, *, until_answered: bool) -> bool:
+        """Read replies (until none is awaited, if ``until_answered``); True
+        if the child's stdout closed (the child is gone)."""
         while not (until_answered and not self._replies):
             try:
                 data = await self._stdout.receive_some(1 << 20)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                code = await self._process.wait()
-                self._fail(f"the SQLite writer process exited (code {code})")
-                return
+                if until_answered:
+                    self._fail_replies(
+                        BackendUnavailableError(
+                            f"the SQLite writer process exited (code {await self._process.wait()})"
+                            " before answering: this write may or may not be in the store"
+                        )
+                    )
+                return True
             buffer += data
             while len(buffer) >= _HEADER:
                 size = int.from_bytes(buffer[:_HEADER], "little")
@@ -334,10 +396,11 @@ class WriterProcess:
                 del buffer[: _HEADER + size]
                 if not self._replies:
                     self._fail("the SQLite writer process answered a frame never sent")
-                    return
+                    return False
                 reply = self._replies.popleft()
                 reply.kind, reply.body = body[:1], body[1:]
                 reply._done.set()
+        return False
 
     # -- the storage actor's calls -------------------------------------------
     async def send_plan(
@@ -443,17 +506,8 @@ async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterPro
     wait until it has written everything sent and ended. None (and a
     warning) if no process can be started: the store writes from its
     worker thread instead."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
     try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "storage._sqlite_process", *backend.child_args()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        process = await _spawn(backend)
     except OSError as exc:
         log.warning("cannot start the SQLite writer process (%s): writing from a thread", exc)
         yield None
@@ -466,15 +520,30 @@ async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterPro
                 yield writer
             finally:
                 with trio.CancelScope(shield=True):
+                    writer._closing = True
                     await writer._stdin.aclose()
                     with trio.move_on_after(30):
-                        await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
+                        await writer._process.wait()
+                    if writer._process.returncode is None:
+                        writer._process.kill()
+                        await writer._process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
+        if writer._process.returncode is None:
+            writer._process.kill()
+
+
+async def _spawn(backend: SQLiteBackend) -> trio.Process:
+    """Start a child for the backend. Raises OSError."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", "storage._sqlite_process", *backend.child_args()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
 
 
 if __name__ == "__main__":
