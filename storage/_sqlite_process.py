@@ -321,12 +321,7 @@ class WriterProcess:
         the children keep dying as soon as they start."""
         async with self._send_lock:  # no frame goes to the dead child meanwhile
             code = await self._process.wait()
-            self._fail_replies(
-                BackendUnavailableError(
-                    f"the SQLite writer process exited (code {code}) before answering: "
-                    "this write may or may not be in the store"
-                )
-            )
+            self._fail_replies(_unanswered(code))
             quick = time.monotonic() - self._started < _QUICK_DEATH
             self._quick_deaths = self._quick_deaths + 1 if quick else 0
             if self._quick_deaths >= _QUICK_DEATHS:
@@ -380,12 +375,7 @@ class WriterProcess:
                 data = b""
             if not data:
                 if until_answered:
-                    self._fail_replies(
-                        BackendUnavailableError(
-                            f"the SQLite writer process exited (code {await self._process.wait()})"
-                            " before answering: this write may or may not be in the store"
-                        )
-                    )
+                    self._fail_replies(_unanswered(await self._process.wait()))
                 return True
             buffer += data
             while len(buffer) >= _HEADER:
@@ -415,7 +405,7 @@ class WriterProcess:
         if not backend.plan_is_current(plan):
             backend.abandon(plan)
             reply = await self._send(APPLY, _apply_body(commands, now))
-            return SentPlan(plan, commands, now, reply)
+            return SentPlan(self, plan, commands, now, reply)
         # Counted before it is sent: a refusal being answered meanwhile must
         # not end its drain (and resume plans) before this one is answered.
         self._plans_in_flight += 1
@@ -424,7 +414,7 @@ class WriterProcess:
         except BaseException:  # cancelled before it was sent
             self._plans_in_flight -= 1
             raise
-        return SentPlan(plan, commands, now, reply, planned=True)
+        return SentPlan(self, plan, commands, now, reply, planned=True)
 
     async def finish(self, sent: SentPlan) -> list[object]:
         """The outcomes of a plan sent: its own if the child wrote it, else
@@ -476,12 +466,14 @@ class WriterProcess:
 
 
 class SentPlan:
-    """A plan on its way (see ``WriterProcess.send_plan``)."""
+    """A plan on its way (see ``WriterProcess.send_plan``); await
+    ``result()`` for its outcomes (``WriterProcess.finish``)."""
 
-    __slots__ = ("commands", "now", "plan", "planned", "reply")
+    __slots__ = ("commands", "now", "plan", "planned", "reply", "writer")
 
     def __init__(
         self,
+        writer: WriterProcess,
         plan: WriteBatch,
         commands: Sequence[Command],
         now: float,
@@ -494,6 +486,18 @@ class SentPlan:
         self.reply = reply
         #: False: sent as its commands, to apply the long way.
         self.planned = planned
+        self.writer = writer
+
+    async def result(self) -> list[object]:
+        return await self.writer.finish(self)
+
+
+def _unanswered(code: int) -> BackendUnavailableError:
+    """What a write the dead child did not answer fails with."""
+    return BackendUnavailableError(
+        f"the SQLite writer process exited (code {code}) before answering: "
+        "this write may or may not be in the store"
+    )
 
 
 def _apply_body(commands: Sequence[Command], now: float) -> bytes:

@@ -434,19 +434,6 @@ class _Worker:
             self._token.run_sync_soon(job._deliver, outcome.capture(job.fn))
 
 
-class _SentWriting:
-    """A plan sent to the writer process; await ``result()`` for its outcomes."""
-
-    __slots__ = ("_process", "_sent")
-
-    def __init__(self, process: WriterProcess, sent: SentPlan) -> None:
-        self._process = process
-        self._sent = sent
-
-    async def result(self) -> list[object]:
-        return await self._process.finish(self._sent)
-
-
 def _ignore(_: object) -> None:
     """What the worker thread's own end delivers: nothing (each job delivers its result)."""
 
@@ -463,7 +450,7 @@ class _Planned:
     alone: trio.Event | None
     #: The planned batch being written (queued to the worker or sent to
     #: the writer process).
-    writing: _Writing | _SentWriting | None = None
+    writing: _Writing | SentPlan | None = None
 
 
 class StorageActor:
@@ -719,12 +706,12 @@ class StorageActor:
 
     async def _start_plan(
         self, backend: PlanningBackend, plan: Any, commands: list[Command], now: float
-    ) -> _Writing | _SentWriting:
+    ) -> _Writing | SentPlan:
         """Start writing a decided plan: in the writer process if there is
         one, else in the worker thread."""
         process = self._process
         if process is not None:
-            return _SentWriting(process, await process.send_plan(plan, commands, now))
+            return await process.send_plan(plan, commands, now)
         return self._in_worker(functools.partial(backend.execute_plan, plan, commands, now))
 
     def _in_worker(self, fn: Callable[[], list[object]]) -> _Writing:
@@ -732,7 +719,7 @@ class StorageActor:
             self._worker = _Worker()
         return self._worker.submit(fn)
 
-    async def _written(self, item: _Planned, writing: _Writing | _SentWriting) -> None:
+    async def _written(self, item: _Planned, writing: _Writing | SentPlan) -> None:
         """Wait until a planned batch is written; answer its writers."""
         self._done_with(item.batch, await self._outcomes(item.commands, writing.result()))
 
