@@ -14,12 +14,15 @@ come, first served), and a message is handled whole, start to finish, even
 if its sender is cancelled meanwhile. Everything that moves the task (the
 transitions of runs and of messages) happens under that lock, as a write
 fenced by the actor's epoch and guarded by a compare-and-set on the state
-the actor believes in, awaited before the lock is released; so a run
+the actor believes in, committed before the lock is released; so a run
 finishing and a Cancel arriving are serialized, and whichever is first
-wins. Cancel, STOP and the interrupt strategies cancel the run's scope
-*before* they write: the handler is interrupted at once, inside whatever
-step it is in. A message that ends the run and starts another (a STOP with
-a queued Request, an interrupt, a RESUME) leaves the next run's Request in
+wins. (A run's START is the one such write its writer does not await: the
+handler starts at once, the lock stays held until the START commits, and
+the START shares a draft with what the run writes first.) Cancel, STOP
+and the interrupt strategies cancel the run's scope *before* they write:
+the handler is interrupted at once, inside whatever step it is in. A
+message that ends the run and starts another (a STOP with a queued
+Request, an interrupt, a RESUME) leaves the next run's Request in
 ``_next``; the actor starts it as soon as the old run has unwound.
 
 Writes that do not move the task (events, progress, usage, step results,
@@ -136,6 +139,8 @@ class TaskActor(ActorLock):
         "_record",
         "_run_scope",
         "_spawns",
+        "_start_draft",
+        "_start_error",
         "_stopped",
         "_write_error",
         "epoch",
@@ -182,6 +187,11 @@ class TaskActor(ActorLock):
         #: The open draft this actor adds its writes to (see TaskDraft).
         self._draft: TaskDraft | None = None
         self._write_error: StorageError | None = None
+        #: The draft holding a START not committed yet (the lock goes with it).
+        self._start_draft: TaskDraft | None = None
+        #: Why the store refused the last START (not a lost task): the run
+        #: starts again later.
+        self._start_error: StorageError | None = None
         self._lost: ActorsError | None = None
         self._stopped = False
         #: Whether the actor holds one of the runtime's run slots (max_running).
@@ -273,6 +283,10 @@ class TaskActor(ActorLock):
             if draft.result is not None and isinstance(outcome, TaskWriteResult):
                 # The completion committed: its waiters need not read the result back.
                 self.runtime.hub.offer_result(self.task_id, draft.result)
+        start = self._start_draft
+        if start is not None and start.done:
+            self._started(outcome)
+            return
         if isinstance(outcome, TaskWriteResult):
             # Kept for its state and record (made when first read), not its
             # events: the commit listeners had them, and nothing here reads
@@ -287,6 +301,30 @@ class TaskActor(ActorLock):
                 self._lost = _Superseded(f"task {self.task_id} was changed elsewhere: {outcome}")
         elif isinstance(outcome, StorageError) and self._write_error is None:
             self._write_error = outcome
+
+    def _started(self, outcome: object) -> None:
+        """The outcome of the draft holding a START (see ``_start_run``):
+        keep its result and let the lock go; if the store refused it, end
+        the run at once (a lost task's actor then stops; a failed write has
+        the run start again later, as a refused awaited START would)."""
+        self._start_draft = None
+        if isinstance(outcome, TaskWriteResult):
+            outcome.events = ()
+            self._fresh = outcome
+        else:
+            if isinstance(outcome, StaleEpochError):
+                self._lost = self._lost or OwnershipLostError(
+                    f"task {self.task_id}: another node owns it now"
+                )
+            elif isinstance(outcome, ConflictError):
+                self._lost = self._lost or _Superseded(
+                    f"task {self.task_id} was changed elsewhere: {outcome}"
+                )
+            elif isinstance(outcome, StorageError):
+                self._start_error = outcome
+            if self._run_scope is not None:
+                self._run_scope.cancel()
+        self._lock.release()
 
     async def _commit(self, expect: frozenset[TaskState], **parts: Any) -> TaskWriteResult:
         """Write parts durably: return once the draft that holds them committed.
@@ -337,6 +375,21 @@ class TaskActor(ActorLock):
         **fields: Any,
     ) -> TaskWriteResult | None:
         """Move the task (lock held); None for a no-op. Raises the lifecycle's errors."""
+        draft = self._move(command, data, events, fields)
+        if draft is None:
+            return None
+        # (_commit, inline: a parked transition holds one coroutine less)
+        await draft.wait_quietly()
+        return self._committed(draft)
+
+    def _move(
+        self,
+        command: Command,
+        data: dict[str, Any] | None,
+        events: Sequence[EventLike],
+        fields: dict[str, Any],
+    ) -> TaskDraft | None:
+        """Add a transition to the draft (lock held): the draft, or None for a no-op."""
         old = self.state
         new = transition(old, command, self.task_id)
         if new is old:
@@ -344,10 +397,28 @@ class TaskActor(ActorLock):
         # (hand-built: the runtime's own events need no encoder)
         head = f'{{"from":"{old.value}","to":"{new.value}"'
         state_event = ("state", f"{head},{encode(data)[1:]}" if data else head + "}")
-        # (_commit, inline: a parked transition holds one coroutine less)
-        draft = self._add(ONLY[old], state=new, events=(*events, state_event), **fields)
-        await draft.wait_quietly()
-        return self._committed(draft)
+        return self._add(ONLY[old], state=new, events=(*events, state_event), **fields)
+
+    def _start_run(self) -> None:
+        """Move a pending task to running (lock held) without waiting for
+        the write: the handler starts at once, and the lock stays held until
+        the write commits (``_started`` releases it).
+
+        Messages, and the run's own transitions, wait for the lock as they
+        would for an awaited START; the START shares its draft with what
+        the run writes first (its first step's result, in the rule): one
+        write of a 3-step task's five instead of six (issue #5). A crash
+        leaves what it could before: the task pending, its run to start
+        over; a step's result is kept only with the START before it (one
+        draft, applied or refused whole). If the store refuses the START,
+        ``_started`` cancels the run at once.
+
+        Raises:
+            StorageError: the store is closed (the lock is still held).
+        """
+        draft = self._move(Command.START, {"run": self.run}, (), {})
+        assert draft is not None
+        self._start_draft = draft
 
     def _queue(self, **parts: Any) -> None:
         """Add a fire-and-forget part (its failure is seen at the next commit)."""
@@ -587,17 +658,18 @@ class TaskActor(ActorLock):
     async def _attempts(self, scope: trio.CancelScope, request: Request) -> None:
         # (take/release, not ``async with``: see ActorLock.take)
         await self._lock.take()
+        held = True
         try:
             if request.run != self.run:
                 return  # a run decided before a message started another
             if self.state is S.PENDING:
-                # Durable before the handler runs: whoever sees the handler's
-                # effects reads the task as running.
-                await self._transition(Command.START, {"run": self.run})
+                self._start_run()
+                held = False  # the lock goes with the START write (see _start_run)
             elif self.state is not S.RUNNING:
                 return
         finally:
-            self._lock.release()
+            if held:
+                self._lock.release()
         spec = self.spec
         attempt = 0
         while True:
@@ -723,6 +795,8 @@ class TaskActor(ActorLock):
                 except StorageError as exc:
                     refused = exc
                 finally:
+                    if self._start_error is not None:
+                        refused, self._start_error = self._start_error, None
                     if self._run_scope is scope:
                         self._run_scope = None
                         self._hb_scope = None

@@ -89,6 +89,8 @@ async def test_submit_records_pending_then_runs(open_rt: OpenRuntime) -> None:
         assert (first.seq, first.kind, first.data["to"]) == (1, "state", "pending")
 
         await started.wait()
+        # The handler starts as its START is written: running once it commits.
+        await rt.wait(info.id, states=[S.RUNNING])
         assert (await rt.get(info.id)).state is S.RUNNING
         release.set()
         assert await rt.result(info.id) == {"x": 1}
@@ -584,6 +586,7 @@ async def test_usage_aggregates_finished_tasks_of_a_thread(open_rt: OpenRuntime)
         await rt.result(done.id)
         await rt.result(other.id)
         await reported.wait()
+        await rt.wait(active.id, states=[S.RUNNING])
         assert (await rt.get(active.id)).state is S.RUNNING
 
         assert await rt.usage("t1") == {

@@ -182,6 +182,7 @@ async def test_resume_of_a_running_task_is_an_invalid_transition(
     async with open_rt(steps_app(ran, a)) as rt:
         info = await rt.submit("job")
         await a.entered.wait()
+        await rt.wait(info.id, states=[S.RUNNING])  # its START is written
         before = await rt.history(info.id)
         with pytest.raises(actors.InvalidTransition):
             await rt.signal(info.id, Signal.RESUME)
@@ -479,6 +480,7 @@ async def test_cancelling_a_parent_cancels_its_children_inside_their_steps(
         await parent_body.entered.wait()
         await child_body.entered.wait()
         [kid] = await rt.list(parent_id=info.id)
+        await rt.wait(kid.id, states=[S.RUNNING])
         assert (await rt.get(kid.id)).state is S.RUNNING
         await rt.cancel(info.id)
         assert (await rt.wait(kid.id)).state is S.CANCELLED

@@ -171,6 +171,7 @@ async def test_reject_refuses_a_request_and_changes_nothing(
     async with open_rt(step_then_ask_app(ran, a, strategy="reject")) as rt:
         info = await rt.submit("job")
         await a.entered.wait()
+        await rt.wait(info.id, states=[S.RUNNING])  # its START is written
         before = await rt.history(info.id)
         with pytest.raises(actors.RequestRejected) as raised:
             await rt.send(info.id, "refused")
@@ -195,6 +196,7 @@ async def test_strategy_given_at_submit_overrides_the_task_default(
         info = await rt.submit("job", strategy="reject")
         assert info.strategy == "reject"
         await a.entered.wait()
+        await rt.wait(info.id, states=[S.RUNNING])  # its START is written
         before = await rt.history(info.id)
         with pytest.raises(actors.RequestRejected):
             await rt.send(info.id, "refused")

@@ -7,6 +7,7 @@ reliability tests.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -139,6 +140,7 @@ async def test_a_failed_step_write_is_retried_with_the_task(
 
     @app.task("flaky_store", retries=1)
     async def flaky_store(ctx: actors.TaskContext, request: actors.Request) -> str:
+        await trio.testing.wait_all_tasks_blocked()  # the START is written
         value: str = await ctx.step("only", body)
         stored.set()
         return value
@@ -264,6 +266,8 @@ def noted_app(
 
     @app.task("noted", retries=1)
     async def noted(ctx: actors.TaskContext, request: actors.Request) -> str:
+        # The START is written first: the write that fails is the event's alone.
+        await trio.testing.wait_all_tasks_blocked()
         runs["run"] += 1
         if runs["run"] == 1:
             testing.fail_writes(store, 1)  # the write of this event fails
@@ -310,9 +314,92 @@ async def test_a_refused_start_runs_the_task_again_later_without_a_crash(
         assert await rt.result(info.id) == ["a", "b", "c"]
         kinds = [(e.kind, e.data.get("to")) for e in await rt.history(info.id)]
     assert kinds[:2] == [("state", "pending"), ("state", "running")]
-    assert ran == Counter({"a": 1, "b": 1, "c": 1})
+    # The handler starts as its START is written: step a had begun when the
+    # write was refused, and was cancelled; the run started again later.
+    assert ran == Counter({"a": 2, "b": 1, "c": 1})
     assert "runs again in 0.5 s" in caplog.text
     assert "crashed" not in caplog.text
+
+
+async def test_a_start_refused_by_a_new_owner_cancels_the_run_at_once(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = actors.App()
+    ran: Counter[str] = Counter()
+    cancelled: Counter[str] = Counter()
+    release = trio.Event()
+
+    async def body(name: str) -> str:
+        ran[name] += 1
+        try:
+            if name == "first":
+                await release.wait()
+            else:
+                await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled[name] += 1
+            raise
+        return name
+
+    @app.task("one")
+    async def one(ctx: actors.TaskContext, request: actors.Request) -> str:
+        return str(await ctx.step("body", body, request.input))
+
+    caplog.set_level(logging.INFO, logger="taskactors.actor")
+    async with taskactors_runtime(app, max_running=1) as rt:
+        first = await rt.submit("one", "first")
+        second = await rt.submit("one", "second")  # waits for the slot, as a record
+        await testing.steal_lease(taskactors_store, second.id)
+        release.set()  # the first ends; the second starts with a stale epoch
+        assert await rt.result(first.id) == "first"
+        await trio.testing.wait_all_tasks_blocked()
+        stored = await rt.get(second.id)
+        kinds = [e.kind for e in await rt.history(second.id)]
+    # The handler started with its START in flight; the refusal cancelled it
+    # inside its step, and nothing of the run was kept.
+    assert ran["second"] == 1 and cancelled["second"] == 1
+    assert stored.state is S.PENDING
+    assert kinds == ["state"]
+    assert "ownership lost" in caplog.text
+    assert "crashed" not in caplog.text
+
+
+async def test_a_cancel_sent_while_the_start_is_written_waits_then_cancels_the_run(
+    taskactors_runtime: OpenRuntime,
+    taskactors_store: storage.Store,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = actors.App()
+    entered = trio.Event()
+    cancelled = trio.Event()
+
+    async def body() -> None:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    @app.task("forever")
+    async def forever(ctx: actors.TaskContext, request: actors.Request) -> None:
+        await ctx.step("body", body)
+
+    async with taskactors_runtime(app) as rt:
+        info = await rt.submit("forever")
+        testing.hang_writes(taskactors_store, 5)  # its START, the next write, waits
+        await entered.wait()  # the handler runs; its START is not written yet
+        assert (await rt.get(info.id)).state is S.PENDING
+        started = trio.current_time()
+        cancelled_info = await rt.cancel(info.id)
+        # The cancel waited for the START, as for any transition of the run.
+        assert trio.current_time() - started >= 4
+        assert cancelled_info.state is S.CANCELLED
+        assert cancelled.is_set()
+        moves = [e.data for e in await rt.history(info.id) if e.kind == "state"]
+    assert [m.get("to") for m in moves] == ["pending", "running", "cancelled"]
 
 
 async def test_a_refused_cancel_leaves_the_task_running_and_its_run_starts_again(
@@ -339,6 +426,7 @@ async def test_a_refused_cancel_leaves_the_task_running_and_its_run_starts_again
     async with taskactors_runtime(app) as rt:
         info = await rt.submit("slow")
         await entered.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the START is written
         testing.fail_writes(taskactors_store, 1)
         with pytest.raises(storage.BackendUnavailableError):
             await rt.cancel(info.id)  # the run was interrupted, the write refused
