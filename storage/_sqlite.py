@@ -506,15 +506,7 @@ class SQLiteBackend:
 
     def plan_rows(self, batch: WriteBatch) -> tuple[list[Any], ...]:
         """What a decided plan writes, for ``write_planned`` in the child."""
-        return (
-            batch.task_inserts,
-            batch.task_updates,
-            batch.task_touches,
-            [tuple(event) for event in batch.events],
-            batch.journal,
-            batch.results,
-            batch.usage,
-        )
+        return batch.flat_rows()
 
     def plan_written(self, batch: WriteBatch) -> None:
         """The child committed a plan: drop the rows it finished, as
@@ -570,18 +562,8 @@ class SQLiteBackend:
                 if version != self._data_version:
                     self._data_version = version
                     return False
-                batch = WriteBatch(connection, 0.0, {})
-                (
-                    batch.task_inserts,
-                    batch.task_updates,
-                    batch.task_touches,
-                    batch.events,
-                    batch.journal,
-                    batch.results,
-                    batch.usage,
-                ) = tables
                 try:
-                    batch.write()
+                    WriteBatch(connection, 0.0, {}).write_flat(tables)
                 except sqlite3.IntegrityError:
                     return False
                 connection.execute("COMMIT")

@@ -182,16 +182,25 @@ def write_rows(
     first (~370 ns a value against ~70: issue #5, a third of the values
     bound were padding).
     """
+    if rows:
+        write_flat(connection, template, width, list(itertools.chain.from_iterable(rows)))
+
+
+def write_flat(
+    connection: sqlite3.Connection, template: str, width: int, values: list[Any]
+) -> None:
+    """``write_rows`` of rows laid end to end: ``width`` values a row (what
+    the parent sends the writer process: no tuple a row on either side)."""
     limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
     sizes = [size for size in STATEMENT_SIZES if size <= limit] or [max(1, limit)]
+    count = len(values) // width
     start = 0
-    while start < len(rows):
-        left = len(rows) - start
+    while start < count:
+        left = count - start
         size = next((size for size in sizes if size >= left), sizes[-1])
-        chunk = rows[start : start + size]
-        parameters = list(itertools.chain.from_iterable(chunk))
-        if len(chunk) < size:
-            parameters.extend(itertools.repeat(0, (size - len(chunk)) * width))
+        parameters = values[start * width : (start + size) * width]
+        if size > left:
+            parameters.extend(itertools.repeat(0, (size - left) * width))
         connection.execute(_statement(template, width, size), parameters)
         start += size
 
@@ -401,6 +410,39 @@ class WriteBatch:
         if self.task_touches:
             write_rows(connection, _TOUCH_TASKS, 1 + len(_UNINDEXED), self.task_touches)
             self.task_touches = []
+
+    def write_flat(self, tables: Sequence[list[Any]]) -> None:
+        """Write a plan's rows as ``flat_rows`` laid them out (in the writer
+        process, inside the batch's transaction)."""
+        inserts, updates, touches, events, journal, results, usage = tables
+        connection = self._db
+        for template, width, values in (
+            (_INSERT_TASKS, len(_FIELDS), inserts),
+            (_UPDATE_TASKS, 1 + len(_MUTABLE), updates),
+            (_TOUCH_TASKS, 1 + len(_UNINDEXED), touches),
+            (_INSERT_EVENTS, 5, events),
+            (_UPSERT_JOURNAL, 7, journal),
+            (_UPSERT_RESULTS, 2, results),
+            (_INSERT_USAGE, 9, usage),
+        ):
+            if values:
+                write_flat(connection, template, width, values)
+
+    def flat_rows(self) -> tuple[list[Any], ...]:
+        """What a sealed plan writes, each table's rows laid end to end (for
+        ``write_flat`` in the writer process: marshal takes a list of str,
+        int, float and None faster than a list of tuples, and neither side
+        makes a tuple a row)."""
+        chain = itertools.chain.from_iterable
+        return (
+            list(chain(self.task_inserts)),
+            list(chain(self.task_updates)),
+            list(chain(self.task_touches)),
+            list(chain(self.events)),
+            list(chain(self.journal)),
+            list(chain(self.results)),
+            list(chain(self.usage)),
+        )
 
     def _write_rows(self) -> None:
         connection = self._db

@@ -18,10 +18,11 @@ the child answers each frame with one reply, in order.
 
 - ``PLAN``: the rows a plan decided in trio (``SQLiteBackend.plan``): the
   tasks to insert, update and touch, the events, journal entries, results
-  and usage rows, as ``marshal`` data (tuples of str, int, float, None: the
-  fastest codec there is for them, and both ends are the same Python). The
-  child writes them in one transaction, exactly as the thread would
-  (``WriteBatch.write``), and replies ``OK``. If another connection wrote
+  and usage rows, as ``marshal`` data (a list of str, int, float and None a
+  table, its rows laid end to end: the fastest codec there is for them, and
+  both ends are the same Python). The child writes them in one transaction
+  with the statements the thread would use (``WriteBatch.write_flat``), and
+  replies ``OK``. If another connection wrote
   since its last batch, or a "new" task existed after all, it rolls back and
   replies ``STALE``; from then on it refuses every ``PLAN`` (they were
   decided on the same rows) until a ``RESUME``.
