@@ -884,7 +884,8 @@ class TaskActor(ActorLock):
         self.runtime._forget(self)
 
     async def _release(self) -> None:
-        if self.record.owner is None:
+        fresh = self._fresh  # (the last write's owner, without making its record)
+        if (self._record.owner if fresh is None else fresh.owner) is None:
             return  # a terminal write let go of it already
         # Refused if someone claimed it meanwhile: then it is theirs to release.
         with contextlib.suppress(StorageError):

@@ -628,7 +628,7 @@ class WriteBatch:
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
         state = _STATE[row[STATE]]
-        return TaskWriteResult.of_row(tuple(row), _READ_TASK, state, events, inbox_ids)
+        return TaskWriteResult.of_row(tuple(row), _READ_TASK, state, row[OWNER], events, inbox_ids)
 
     def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
         """A write's inbox changes: removals first (the items it adds survive
