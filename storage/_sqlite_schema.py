@@ -160,11 +160,26 @@ _V2_INDEXES: tuple[str, ...] = (
     "CREATE INDEX nodes_by_lease ON nodes (lease_expires)",
 )
 
+#: The indexes of the optional columns hold only the tasks that have one:
+#: most tasks have no parent, and many no user or thread, and each index
+#: entry is a b-tree insert of every new task (issue #5: a third of the
+#: insert of a task row). A query ``column = ?`` still uses them (SQLite
+#: reads it as implying ``column IS NOT NULL``).
+_V3_PARTIAL_INDEXES: tuple[str, ...] = (
+    "DROP INDEX tasks_by_user",
+    "DROP INDEX tasks_by_thread",
+    "DROP INDEX tasks_by_parent",
+    "CREATE INDEX tasks_by_user ON tasks (user_id, created_at, id) WHERE user_id IS NOT NULL",
+    "CREATE INDEX tasks_by_thread ON tasks (thread_id, created_at, id) WHERE thread_id IS NOT NULL",
+    "CREATE INDEX tasks_by_parent ON tasks (parent_id, created_at, id) WHERE parent_id IS NOT NULL",
+)
+
 #: Migration N (1-based) is ``MIGRATIONS[N - 1]``: the statements that take a
 #: database from version N - 1 to version N. Append only.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1_TABLES,
     _V2_INDEXES,
+    _V3_PARTIAL_INDEXES,
 )
 
 #: The version of a database this module made or upgraded.

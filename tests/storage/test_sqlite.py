@@ -144,6 +144,7 @@ def _digest(statements: tuple[str, ...]) -> str:
 RELEASED_MIGRATIONS = [
     "6357401c5943240c67dd3de20a4620fec5990020a915e74d28fbcb318fdb06c5",
     "e0553a53311003bb1aee74e84854802accda5e9b5aa26a07d662a745286e1bc5",
+    "9a80ebd290da3ee79aeee241a60f0a9e1d50568737c5b26807e30227f58b7e21",
 ]
 
 
@@ -204,13 +205,31 @@ def test_a_v1_database_is_migrated_and_keeps_its_data(path: Path) -> None:
 
 def test_list_queries_use_indexes(backend: SQLiteBackend, path: Path) -> None:
     with raw(path) as connection:
-        for column in ("user_id", "thread_id", "parent_id", "state", "owner"):
+        for column, index in (
+            ("user_id", "tasks_by_user"),
+            ("thread_id", "tasks_by_thread"),
+            ("parent_id", "tasks_by_parent"),
+            ("state", "tasks_by_state"),
+            ("owner", "tasks_by_owner"),
+        ):
             plan = connection.execute(
                 f"EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE {column} = ?"
                 " ORDER BY created_at, id",
                 ("x",),
             ).fetchall()
-            assert any("USING INDEX" in str(row[-1]) for row in plan), (column, plan)
+            assert any(f"USING INDEX {index}" in str(row[-1]) for row in plan), (column, plan)
+
+
+def test_the_indexes_of_optional_columns_hold_only_the_tasks_that_have_one(
+    backend: SQLiteBackend, path: Path
+) -> None:
+    with raw(path) as connection:
+        definitions = dict(
+            connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+        )
+    for column in ("user", "thread", "parent"):
+        assert definitions[f"tasks_by_{column}"].endswith(f"WHERE {column}_id IS NOT NULL")
+    assert "WHERE" not in definitions["tasks_by_created"]
 
 
 def test_a_migration_that_fails_leaves_the_database_at_its_version(
