@@ -11,7 +11,7 @@ One more figure, ``tasks_per_s.awaited``: the same tasks, each submitter
 awaiting its task's result with ``rt.result`` (what an application does)
 instead of the run counting commits.
 
-In a full run ours and the naive baseline run three times each, by turns,
+In a full run ours and the naive baseline run five times each, by turns,
 and each figure is the median of its runs (all of them are printed too):
 a run lasts a second or two, and the machine drifts.
 
@@ -361,7 +361,7 @@ def _ours_child(
 #: Runs of ours and of the naive baseline in a full run, by turns; the
 #: figures are the runs' medians (a run is a second or two, and this kind of
 #: machine drifts by a quarter from one minute to the next).
-REPEATS = 3
+REPEATS = 5
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
