@@ -152,6 +152,15 @@ _INSERT_EVENTS = f"INSERT INTO events ({EVENTS.columns})" + _PADDED
 _UPSERT_JOURNAL = f"INSERT OR REPLACE INTO journal ({JOURNAL.columns})" + _PADDED
 _UPSERT_RESULTS = "INSERT OR REPLACE INTO results (task_id, value)" + _PADDED
 _INSERT_USAGE = f"INSERT OR IGNORE INTO usage ({USAGE.columns})" + _PADDED
+#: A batch's multi-row statements and the values a row of each, in the
+#: order a batch runs them: its tasks (new, changed, touched), then its
+#: events, journal entries, results and usage reports.
+_TASK_WRITES = (
+    (_INSERT_TASKS, len(_FIELDS)),
+    (_UPDATE_TASKS, 1 + len(_MUTABLE)),
+    (_TOUCH_TASKS, 1 + len(_UNINDEXED)),
+)
+_ROW_WRITES = ((_INSERT_EVENTS, 5), (_UPSERT_JOURNAL, 7), (_UPSERT_RESULTS, 2), (_INSERT_USAGE, 9))
 _UPSERT_NODE = f"INSERT OR REPLACE INTO nodes ({NODES.columns}) VALUES {NODES.placeholders}"
 _UPSERT_EXCEPTION = (
     f"INSERT OR REPLACE INTO exceptions (task_id, {EXCEPTIONS.columns})"
@@ -401,30 +410,16 @@ class WriteBatch:
         """Write the created and changed tasks (sealing what is not sealed yet)."""
         self.seal()
         connection = self._db
-        if self.task_inserts:
-            write_rows(connection, _INSERT_TASKS, len(_FIELDS), self.task_inserts)
-            self.task_inserts = []
-        if self.task_updates:
-            write_rows(connection, _UPDATE_TASKS, 1 + len(_MUTABLE), self.task_updates)
-            self.task_updates = []
-        if self.task_touches:
-            write_rows(connection, _TOUCH_TASKS, 1 + len(_UNINDEXED), self.task_touches)
-            self.task_touches = []
+        tables = (self.task_inserts, self.task_updates, self.task_touches)
+        for (template, width), rows in zip(_TASK_WRITES, tables, strict=True):
+            write_rows(connection, template, width, rows)
+        self.task_inserts, self.task_updates, self.task_touches = [], [], []
 
     def write_flat(self, tables: Sequence[list[Any]]) -> None:
         """Write a plan's rows as ``flat_rows`` laid them out (in the writer
         process, inside the batch's transaction)."""
-        inserts, updates, touches, events, journal, results, usage = tables
         connection = self._db
-        for template, width, values in (
-            (_INSERT_TASKS, len(_FIELDS), inserts),
-            (_UPDATE_TASKS, 1 + len(_MUTABLE), updates),
-            (_TOUCH_TASKS, 1 + len(_UNINDEXED), touches),
-            (_INSERT_EVENTS, 5, events),
-            (_UPSERT_JOURNAL, 7, journal),
-            (_UPSERT_RESULTS, 2, results),
-            (_INSERT_USAGE, 9, usage),
-        ):
+        for (template, width), values in zip(_TASK_WRITES + _ROW_WRITES, tables, strict=True):
             if values:
                 write_flat(connection, template, width, values)
 
@@ -446,15 +441,15 @@ class WriteBatch:
 
     def _write_rows(self) -> None:
         connection = self._db
-        if self.events:
-            # A StoredEvent is a tuple of the events table's columns, in order.
-            write_rows(connection, _INSERT_EVENTS, 5, self.events)
-        if self.journal:
-            write_rows(connection, _UPSERT_JOURNAL, 7, self.journal)
-        if self.results:
-            write_rows(connection, _UPSERT_RESULTS, 2, self.results)
-        if self.usage:
-            write_rows(connection, _INSERT_USAGE, 9, self.usage)
+        # (a StoredEvent is a tuple of the events table's columns, in order)
+        tables: tuple[Sequence[Sequence[Any]], ...] = (
+            self.events,
+            self.journal,
+            self.results,
+            self.usage,
+        )
+        for (template, width), rows in zip(_ROW_WRITES, tables, strict=True):
+            write_rows(connection, template, width, rows)
 
     def _append_events(
         self, task_id: str, row: list[Any], events: Sequence[EventLike]

@@ -22,10 +22,10 @@ the child answers each frame with one reply, in order.
   table, its rows laid end to end: the fastest codec there is for them, and
   both ends are the same Python). The child writes them in one transaction
   with the statements the thread would use (``WriteBatch.write_flat``), and
-  replies ``OK``. If another connection wrote
-  since its last batch, or a "new" task existed after all, it rolls back and
-  replies ``STALE``; from then on it refuses every ``PLAN`` (they were
-  decided on the same rows) until a ``RESUME``.
+  replies ``OK``. If another connection wrote since its last batch, or a
+  "new" task existed after all, it rolls back and replies ``STALE``; from
+  then on it refuses every ``PLAN`` (they were decided on the same rows)
+  until a ``RESUME``.
 - ``APPLY``: commands to apply the long way (``SQLiteBackend.apply`` in the
   child: decided on rows read in the transaction), as ``pickle`` data; the
   reply carries the outcomes, the rows the batch left (the parent keeps
