@@ -284,9 +284,7 @@ class TaskActor(ActorLock):
                 # The completion committed: its waiters need not read the result back.
                 self.runtime.hub.offer_result(self.task_id, draft.result)
         start = self._start_draft
-        if start is not None and start.done:
-            self._started(outcome)
-            return
+        starting = start is not None and start.done
         if isinstance(outcome, TaskWriteResult):
             # Kept for its state and record (made when first read), not its
             # events: the commit listeners had them, and nothing here reads
@@ -299,31 +297,22 @@ class TaskActor(ActorLock):
         elif isinstance(outcome, ConflictError):
             if self._lost is None:
                 self._lost = _Superseded(f"task {self.task_id} was changed elsewhere: {outcome}")
-        elif isinstance(outcome, StorageError) and self._write_error is None:
-            self._write_error = outcome
+        elif isinstance(outcome, StorageError):
+            if starting:
+                self._start_error = outcome  # the run starts again later (see serve)
+            elif self._write_error is None:
+                self._write_error = outcome
+        if starting:
+            self._started(outcome)
 
     def _started(self, outcome: object) -> None:
-        """The outcome of the draft holding a START (see ``_start_run``):
-        keep its result and let the lock go; if the store refused it, end
-        the run at once (a lost task's actor then stops; a failed write has
-        the run start again later, as a refused awaited START would)."""
+        """The draft holding a START is done (see ``_start_run``): let the
+        lock go and, if the store refused it, end the run at once (a lost
+        task's actor then stops; a failed write has the run start again
+        later, as a refused awaited START would)."""
         self._start_draft = None
-        if isinstance(outcome, TaskWriteResult):
-            outcome.events = ()
-            self._fresh = outcome
-        else:
-            if isinstance(outcome, StaleEpochError):
-                self._lost = self._lost or OwnershipLostError(
-                    f"task {self.task_id}: another node owns it now"
-                )
-            elif isinstance(outcome, ConflictError):
-                self._lost = self._lost or _Superseded(
-                    f"task {self.task_id} was changed elsewhere: {outcome}"
-                )
-            elif isinstance(outcome, StorageError):
-                self._start_error = outcome
-            if self._run_scope is not None:
-                self._run_scope.cancel()
+        if not isinstance(outcome, TaskWriteResult) and self._run_scope is not None:
+            self._run_scope.cancel()
         self._lock.release()
 
     async def _commit(self, expect: frozenset[TaskState], **parts: Any) -> TaskWriteResult:
