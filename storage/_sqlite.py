@@ -563,7 +563,7 @@ class SQLiteBackend:
                     self._data_version = version
                     return False
                 try:
-                    WriteBatch(connection, 0.0, {}).write_flat(tables)
+                    WriteBatch(connection, 0.0, {}).write_flat_rows(tables)
                 except sqlite3.IntegrityError:
                     return False
                 connection.execute("COMMIT")

@@ -415,17 +415,16 @@ class WriteBatch:
             write_rows(connection, template, width, rows)
         self.task_inserts, self.task_updates, self.task_touches = [], [], []
 
-    def write_flat(self, tables: Sequence[list[Any]]) -> None:
+    def write_flat_rows(self, tables: Sequence[list[Any]]) -> None:
         """Write a plan's rows as ``flat_rows`` laid them out (in the writer
         process, inside the batch's transaction)."""
         connection = self._db
         for (template, width), values in zip(_TASK_WRITES + _ROW_WRITES, tables, strict=True):
-            if values:
-                write_flat(connection, template, width, values)
+            write_flat(connection, template, width, values)
 
     def flat_rows(self) -> tuple[list[Any], ...]:
         """What a sealed plan writes, each table's rows laid end to end (for
-        ``write_flat`` in the writer process: marshal takes a list of str,
+        ``write_flat_rows`` in the writer process: marshal takes a list of str,
         int, float and None faster than a list of tuples, and neither side
         makes a tuple a row)."""
         chain = itertools.chain.from_iterable

@@ -21,7 +21,7 @@ the child answers each frame with one reply, in order.
   and usage rows, as ``marshal`` data (a list of str, int, float and None a
   table, its rows laid end to end: the fastest codec there is for them, and
   both ends are the same Python). The child writes them in one transaction
-  with the statements the thread would use (``WriteBatch.write_flat``), and
+  with the statements the thread would use (``WriteBatch.write_flat_rows``), and
   replies ``OK``. If another connection wrote since its last batch, or a
   "new" task existed after all, it rolls back and replies ``STALE``; from
   then on it refuses every ``PLAN`` (they were decided on the same rows)
