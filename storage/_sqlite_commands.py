@@ -261,8 +261,9 @@ class WriteBatch:
         #: backend's cache of committed rows, changed in place: the backend
         #: drops it whole if the batch does not commit.
         self.rows = rows
-        #: Ids of the tasks this batch created or changed.
-        self.touched: set[str] = set()
+        #: Ids of the tasks this batch left with no owner (the ones
+        #: ``forget_finished`` looks at: a finished task is released).
+        self.unowned: list[str] = []
         #: Ids known not to exist.
         self.missing: set[str] = set()
         self.created: dict[str, None] = {}
@@ -345,8 +346,6 @@ class WriteBatch:
                     self.task_updates.append((i, *_mutable(rows[i])))
                 else:
                     self.task_touches.append((i, *_unindexed(rows[i])))
-        self.touched.update(self.created)
-        self.touched.update(self.changed)
         self.created = {}
         self.changed = {}
 
@@ -395,7 +394,7 @@ class WriteBatch:
     def forget_finished(self) -> None:
         """Drop the rows of tasks this batch finished and released (rarely written again)."""
         rows = self.rows
-        for task_id in self.touched:
+        for task_id in self.unowned:
             row = rows.get(task_id)
             if row is not None and row[OWNER] is None and row[STATE] in _TERMINAL:
                 del rows[task_id]
@@ -561,6 +560,8 @@ class WriteBatch:
         self.rows[task_id] = row
         self.missing.discard(task_id)
         self.created[task_id] = None
+        if row[OWNER] is None:
+            self.unowned.append(task_id)
         # The record given is the one stored if its last_seq counts the events.
         stored = command.record
         if stored.last_seq != row[LAST_SEQ]:
@@ -597,6 +598,8 @@ class WriteBatch:
             row[ERROR] = write.error
         if write.release:
             row[OWNER] = row[LEASE] = None
+        if row[OWNER] is None:
+            self.unowned.append(task_id)
         changed = self.changed
         changed[task_id] = write.state is not None or write.release or changed.get(task_id, False)
 
@@ -667,6 +670,8 @@ class WriteBatch:
         row[STATE] = command.status.value
         row[UPDATED] = self.now
         self.changed[command.task_id] = True
+        if row[OWNER] is None:
+            self.unowned.append(command.task_id)
         return TaskWriteResult(TASKS.from_row(row), events)
 
 
