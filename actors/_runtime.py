@@ -21,6 +21,7 @@ the runtime opened it.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import logging
 import os
 import socket
@@ -145,6 +146,9 @@ class Runtime:
         #: Tasks in flight whose handler is not registered here (id -> record).
         self.orphaned: dict[str, TaskRecord] = {}
         self._nursery: trio.Nursery | None = None
+        #: What every actor's task starts from: a copy of the context the
+        #: runtime was opened in (see ``_start_actor``).
+        self._context: contextvars.Context | None = None
         self._closing = False
         self._closed = trio.Event()
         #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
@@ -653,7 +657,15 @@ class Runtime:
         actor = TaskActor(self, self.app.spec(record.name), record, journal, inbox)
         actor.boot()
         self._actors[record.id] = actor
-        self._nursery.start_soon(actor.serve)
+        # A task spawned by trio starts from a copy of its spawner's
+        # context, and an actor is started by whoever comes first: a
+        # submitter, a message's sender, or the actor whose run slot it
+        # takes, whose handler's context variables it would then see. Every
+        # actor starts from the runtime's context instead: a task runs the
+        # same whether it started at once, waited for a slot, or was
+        # resumed by another process.
+        assert self._context is not None
+        self._context.run(self._nursery.start_soon, actor.serve)
         return actor
 
     def _start_waiting(self, record: TaskRecord) -> bool:
@@ -833,6 +845,7 @@ class Runtime:
             await self.store.register_node(self.node_id, self.lease, {"kind": "taskactors"})
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._context = contextvars.copy_context()
                 await self._scan()
                 nursery.start_soon(self._renew_loop)
                 nursery.start_soon(self._scan_loop)
