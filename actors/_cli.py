@@ -244,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         "neither: a single local user, no token needed)",
     )
     serve.add_argument(
-        "--node-id", metavar="ID", help="this node's name in the store (default: the host name)"
+        "--node-id",
+        metavar="ID",
+        help="this node's name in the store (default: <host name>-<pid>; a stable one lets a"
+        " restarted process take its tasks back at once)",
     )
     serve.add_argument(
         "--gc-threshold",

@@ -81,6 +81,20 @@ S = TaskState
 _SCAN_CHUNK = 10_000
 
 
+def default_node_id() -> str:
+    """The node id of a runtime opened without one: ``<host name>-<pid>``.
+
+    Distinct for every process: a node scans for the tasks it owns and takes
+    them back at once (what a restarted node with a stable id wants), so two
+    live processes with one id, two workers of a web server say, would take
+    each other's running tasks at every scan and run their steps twice at
+    the same time. A process that crashed leaves its tasks leased; the next
+    node resumes them when their leases run out (``lease``); a clean close
+    releases them at once.
+    """
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def new_task_id() -> str:
     """A fresh task id: 32 hex digits of a UUIDv7 (RFC 9562).
 
@@ -891,9 +905,11 @@ async def open_runtime(
     Args:
         app: the handlers.
         store: a store URL (``memory://``, ``sqlite:///path``) or an open Store.
-        node_id: this node's name; runtimes sharing a store need distinct ones.
-            The default, the host name, lets a restarted process on the same
-            host take its tasks back at once.
+        node_id: this node's name; runtimes sharing a store need distinct ones
+            (see ``default_node_id``). The default is this process's own, so
+            two processes on one host never take each other's tasks. Give a
+            stable one (to one process at a time) for a restarted process to
+            take its tasks back at once, not when their leases run out.
         lease: seconds a node owns its tasks without renewing (renewed every lease/3).
         max_running: at most this many handler runs at once; the others wait
             for a slot, oldest first. A task submitted here waits ``pending``
@@ -912,7 +928,7 @@ async def open_runtime(
         runtime = Runtime(
             app,
             store,
-            node_id=node_id or socket.gethostname(),
+            node_id=node_id or default_node_id(),
             lease=lease,
             max_running=max_running,
             subscriber_buffer=subscriber_buffer,
