@@ -63,6 +63,10 @@ HISTORY_PAGE: Final = 1000
 MIN_RETAIN: Final = 16_384
 #: Full history pages the hub keeps for streams that replay the same history.
 CACHED_PAGES: Final = 16
+#: Seconds (on trio's clock) between two reads of a task that another
+#: process may be running: on a shared store (a SQLite file) its commits
+#: reach this process's reads, never its hub (see ``EventStream``).
+REMOTE_POLL: Final = 0.5
 
 
 @attrs.define(eq=False)
@@ -561,6 +565,7 @@ class EventStream:
         *,
         capacity: int | None = None,
         resume_on_lag: bool = False,
+        remote: Callable[[str], bool] | None = None,
     ) -> None:
         self.task_id = task_id
         #: Seq of the last event yielded.
@@ -581,6 +586,16 @@ class EventStream:
         #: The consumer's sink while it waits in ``next_batch`` (see there).
         self._sink: Callable[[EventBatch], bool] | None = None
         self._push_fn = self._push
+        #: Whether the task's commits may be made elsewhere, unheard here
+        #: (None: never); then a wait lasts at most REMOTE_POLL, and the
+        #: store is read again (``_wait``).
+        self._remote = remote
+        #: Set when the next history read must come from the store, not the
+        #: hub's window (which holds only what was committed here).
+        self._from_store = False
+        #: The cursor at which a gap was last filled from the store (a
+        #: second gap there is a real loss: see ``next_batch``).
+        self._gap_read = -1
 
     async def _open(self) -> None:
         self._watch = self._hub.watch(self.task_id, capacity=self._capacity)
@@ -597,7 +612,11 @@ class EventStream:
 
         The watch is registered before, so what comes after is in the watch.
         """
-        retained = self._hub.retained(self.task_id, self._cursor)
+        retained = None
+        if self._from_store:
+            self._from_store = False
+        else:
+            retained = self._hub.retained(self.task_id, self._cursor)
         if retained is not None:
             self._backlog.extend(retained)
             self._history_done = True
@@ -649,6 +668,18 @@ class EventStream:
             while self._backlog:
                 batch = self._backlog.popleft()
                 if batch.first > self._cursor + 1:
+                    if self._remote is not None and self._gap_read != self._cursor:
+                        # Committed elsewhere, then here (the task moved to
+                        # this node): the store has what came between.
+                        rest = [batch, *self._backlog]
+                        self._backlog.clear()
+                        self._from_store = True
+                        try:
+                            await self._read_history()
+                            self._gap_read = self._cursor
+                        finally:
+                            self._backlog.extend(rest)  # (after the page: in seq order)
+                        continue
                     # Only possible if events were lost upstream: refuse to paper over it.
                     raise RuntimeError(
                         f"gap in task {self.task_id} events: {self._cursor} then {batch.first}"
@@ -683,13 +714,30 @@ class EventStream:
                 self.close()
                 raise RuntimeClosedError("the runtime closed while this stream waited")
             if sink is None:
-                await watch.wait()
+                await self._wait(watch)
                 continue
             self._sink, watch.sink = sink, self._push_fn
             try:
-                await watch.wait()
+                await self._wait(watch)
             finally:
                 self._sink = watch.sink = None
+
+    async def _wait(self, watch: Watch) -> None:
+        """Wait for the next live batch; for a task whose commits may be made
+        elsewhere, at most REMOTE_POLL, then have the store read again."""
+        remote = self._remote
+        if remote is None or not remote(self.task_id):
+            await watch.wait()
+            return
+        with trio.move_on_after(REMOTE_POLL) as poll:
+            await watch.wait()
+        if poll.cancelled_caught:
+            self._read_store()
+
+    def _read_store(self) -> None:
+        """Have the next round read the events after the cursor from the store."""
+        self._history_done = False
+        self._from_store = True
 
     def _push(self, batch: EventBatch) -> bool:
         """The watch's sink while the consumer waits: see ``next_batch``."""

@@ -64,7 +64,7 @@ from ._errors import (
     TaskOwnedElsewhere,
     UnknownTaskName,
 )
-from ._events import AllEventsStream, EventHub, EventStream
+from ._events import REMOTE_POLL, AllEventsStream, EventHub, EventStream
 from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
@@ -163,6 +163,8 @@ class Runtime:
         #: What every actor's task starts from: a copy of the context the
         #: runtime was opened in (see ``_start_actor``).
         self._context: contextvars.Context | None = None
+        #: Whether other processes may commit to this store (unheard here).
+        self._shared = store.backend.shared
         self._closing = False
         self._closed = trio.Event()
         #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
@@ -416,6 +418,15 @@ class Runtime:
             raise TaskNotFound(task_id)
         return record
 
+    def _remote(self, task_id: str) -> bool:
+        """Whether the task's commits may be made where this node does not
+        hear them: the store is shared with other processes, and no actor
+        here runs the task nor waits for a run slot. A wait on such a task
+        reads it again every REMOTE_POLL seconds."""
+        return self._shared and not (
+            task_id in self._actors or (self._slots is not None and task_id in self._slots.waiting)
+        )
+
     def _held_record(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The task as this node holds it (committed: its actor's last write,
         or the record of a task waiting for a run slot), if it does and the
@@ -490,7 +501,13 @@ class Runtime:
         """
         await self._load(task_id, user_id)
         stream = EventStream(
-            self.hub, self.store, task_id, after, capacity=buffer, resume_on_lag=resume_on_lag
+            self.hub,
+            self.store,
+            task_id,
+            after,
+            capacity=buffer,
+            resume_on_lag=resume_on_lag,
+            remote=self._remote,
         )
         try:
             await stream._open()
@@ -561,7 +578,17 @@ class Runtime:
                             return None, None
                 if watch.closed:
                     raise RuntimeClosedError("the runtime closed while this wait went on")
-                await watch.wait()
+                if not self._remote(task_id):
+                    await watch.wait()
+                    continue
+                # Run by another process, maybe: its commits are not heard here.
+                with trio.move_on_after(REMOTE_POLL) as poll:
+                    await watch.wait()
+                if poll.cancelled_caught:
+                    record = await self._load(task_id, user_id)
+                    if record.state in wanted or record.state.terminal:
+                        return record, None
+                    after = max(after, record.last_seq)
         finally:
             self.hub.unwatch_states(watch)
 

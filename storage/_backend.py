@@ -34,6 +34,9 @@ class Backend(Protocol):
 
     #: Whether calls block (run them in worker threads).
     blocking: bool
+    #: Whether other processes may write the same data (a file, a server):
+    #: their commits reach this store's reads, never its commit listeners.
+    shared: bool
 
     def open(self) -> None:
         """Connect, create or migrate the schema. Raises BackendUnavailableError,

@@ -88,6 +88,7 @@ class MemoryBackend:
     """
 
     blocking: bool = False
+    shared: bool = False  # (this process's alone)
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskRecord] = {}

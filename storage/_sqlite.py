@@ -187,6 +187,7 @@ class SQLiteBackend:
     """
 
     blocking: bool = True
+    shared: bool = True  # (a file other processes may open)
 
     def __init__(
         self,

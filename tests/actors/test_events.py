@@ -14,7 +14,14 @@ import trio
 import trio.testing
 
 from actors import SubscriptionLagged
-from actors._events import HISTORY_PAGE, AllEventsStream, EventBatch, EventHub, EventStream
+from actors._events import (
+    HISTORY_PAGE,
+    REMOTE_POLL,
+    AllEventsStream,
+    EventBatch,
+    EventHub,
+    EventStream,
+)
 from storage import Store, StoredEvent, TaskState
 
 
@@ -38,6 +45,14 @@ class FakeStore:
         history.extend(batch)
         self.hub.publish(batch)
         return batch
+
+    def commit_elsewhere(self, task_id: str, count: int) -> None:
+        """Events committed by another process: stored, never published here."""
+        history = self.events.setdefault(task_id, [])
+        last = len(history)
+        history.extend(
+            StoredEvent(task_id, last + i, "tick", 1.5, "{}") for i in range(1, count + 1)
+        )
 
     def finish(self, task_id: str) -> None:
         history = self.events.setdefault(task_id, [])
@@ -242,6 +257,43 @@ async def test_a_stream_ends_after_the_terminal_event_per_event_or_per_batch(
         ]
     )
     assert await drain(live) == [1, 2]
+
+
+async def test_a_stream_on_a_task_run_elsewhere_reads_the_store_and_fills_gaps_from_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = EventHub(capacity=100)
+    store = FakeStore(hub)
+    store.commit("t", 3)
+    stream = open_stream(store, "t", remote=lambda task_id: True)
+    await stream._open()
+    assert await drain(stream) == [1, 2, 3]
+    store.commit_elsewhere("t", 4)
+    started = trio.current_time()
+    assert await drain(stream) == [4, 5, 6, 7]  # read back at the next poll
+    assert trio.current_time() - started <= REMOTE_POLL + 1  # (drain's own wait: 1 s)
+    # Committed elsewhere, then here (the task moved): the gap is read back.
+    store.commit_elsewhere("t", 2)
+    store.commit("t", 2)
+    assert await drain(stream) == [8, 9, 10, 11]
+    store.finish("t")
+    assert await drain(stream) == [12]
+    assert await stream.next_batch() is None
+
+
+async def test_a_gap_in_the_events_of_a_task_run_here_is_an_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = EventHub(capacity=100)
+    store = FakeStore(hub)
+    store.commit("t", 3)
+    stream = open_stream(store, "t")  # not remote: every commit is heard here
+    await stream._open()
+    assert await drain(stream) == [1, 2, 3]
+    store.commit_elsewhere("t", 2)
+    store.commit("t", 1)
+    with pytest.raises(RuntimeError, match="gap in task t events: 3 then 6"):
+        await stream.next_batch()
 
 
 async def test_an_all_events_stream_sees_every_tasks_batches_in_commit_order() -> None:
