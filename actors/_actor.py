@@ -872,6 +872,17 @@ class TaskActor(ActorLock):
         self._stopped = True
         self.runtime._forget(self)
 
+    async def cancelled_elsewhere(self, record: TaskRecord) -> None:
+        """Another node cancelled the task (its record says so, and still
+        names this node the owner): end the run now, as a Cancel would; the
+        actor then settles and lets go of the task."""
+        async with self._lock:
+            if self._stopped or self.state not in ACTIVE_STATES or record.epoch != self.epoch:
+                return
+            self.record = record
+            self._pause_requested = False
+            self._end_run()
+
     async def _release(self) -> None:
         fresh = self._fresh  # (the last write's owner, without making its record)
         if (self._record.owner if fresh is None else fresh.owner) is None:

@@ -21,6 +21,7 @@ the runtime opened it.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import contextvars
 import logging
 import os
@@ -867,8 +868,32 @@ class Runtime:
                 continue
             try:
                 await self.store.renew_leases(self.node_id, self.lease)
+                await self._end_runs_cancelled_elsewhere()
             except storage.StorageError:
                 log.exception("could not renew leases")
+
+    async def _end_runs_cancelled_elsewhere(self) -> None:
+        """Stop the runs of the tasks another node cancelled while this one
+        runs them, and let go of them.
+
+        A cancel from another node is a compare-and-set that leaves this node
+        the owner (see ``_cancel_remote``): the run here would go on until
+        its next write, which the store refuses, however long its step.
+        Checked with each lease renewal: a run stops within ``lease / 3``.
+        """
+        for record in await self.store.list_tasks(owner=self.node_id, states=[S.CANCELLED]):
+            actor = self._actors.get(record.id)
+            if actor is not None:
+                # (in a task of its own: the renewals never wait for an actor's lock)
+                assert self._nursery is not None
+                self._nursery.start_soon(actor.cancelled_elsewhere, record)
+                continue
+            # No actor: one stopped at a refused write, or the task waited
+            # for a run slot. Nothing here runs it any more.
+            if self._slots is not None:
+                self._slots.waiting.pop(record.id, None)
+            with contextlib.suppress(storage.StorageError):
+                await self.store.write(TaskWrite(record.id, epoch=record.epoch, release=True))
 
     async def _scan_loop(self) -> None:
         while True:

@@ -397,6 +397,7 @@ class MemoryBackend:
             and (query.parent_id is None or record.parent_id == query.parent_id)
             and (query.states is None or record.state in query.states)
             and (query.name is None or record.name == query.name)
+            and (query.owner is None or record.owner == query.owner)
         )
         return matching if query.limit is None else matching[: max(query.limit, 0)]
 

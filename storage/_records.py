@@ -203,3 +203,5 @@ class TaskFilter:
     states: frozenset[TaskState] | None = None
     name: str | None = None
     limit: int | None = None
+    #: The node that owns them (holds their lease).
+    owner: str | None = None

@@ -688,6 +688,7 @@ class SQLiteBackend:
             ("thread_id", query.thread_id),
             ("parent_id", query.parent_id),
             ("name", query.name),
+            ("owner", query.owner),
         ):
             if value is not None:
                 where.append(f"{column} = ?")

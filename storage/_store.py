@@ -182,8 +182,10 @@ class Store:
         states: Sequence[TaskState] | None = None,
         name: str | None = None,
         limit: int | None = None,
+        owner: str | None = None,
     ) -> list[TaskRecord]:
-        """Tasks matching every given filter, oldest first."""
+        """Tasks matching every given filter, oldest first (``owner``: the
+        node holding their lease)."""
         query = TaskFilter(
             user_id=user_id,
             thread_id=thread_id,
@@ -191,6 +193,7 @@ class Store:
             states=frozenset(states) if states is not None else None,
             name=name,
             limit=limit,
+            owner=owner,
         )
         return await self._read(self.backend.list_tasks, query)
 

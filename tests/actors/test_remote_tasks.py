@@ -1,10 +1,12 @@
 """Tasks another process runs: on a shared store (a SQLite file) their
 commits reach this process's reads but not its hub, so waits and
-subscriptions on them read the store again every REMOTE_POLL seconds.
+subscriptions on them read the store again every REMOTE_POLL seconds; a
+cancel from another node stops the run within a lease renewal.
 
 Two runtimes on one file, each with its own store (as two processes would
-have), on trio's virtual clock. Each test runs under a virtual-time limit:
-a wait that never hears of a commit fails instead of hanging.
+have), on trio's virtual clock (the cancel: on every backend). Each test
+runs under a virtual-time limit: a wait that never hears of a commit fails
+instead of hanging.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import trio.testing
 import actors
 from actors import TaskState
 from actors._events import REMOTE_POLL
+
+from .test_recovery import reopenable
 
 S = TaskState
 
@@ -122,3 +126,44 @@ async def test_a_subscription_follows_a_task_that_moves_to_this_process(
     assert seqs == list(range(1, len(seqs) + 1))
     assert "recovered" in [e.kind for e in seen]
     assert (seen[-1].kind, seen[-1].data["to"]) == ("state", "completed")
+
+
+async def test_a_cancel_from_another_node_stops_the_run_there_within_a_renewal(
+    store_url: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    app = actors.App()
+    entered = trio.Event()
+    interrupted = trio.Event()
+
+    async def forever() -> None:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            interrupted.set()
+            raise
+
+    @app.task("job")
+    async def job(ctx: actors.TaskContext, request: actors.Request) -> None:
+        await ctx.step("forever", forever)
+
+    with trio.fail_after(LIMIT):
+        async with (
+            reopenable(store_url) as where,
+            actors.open_runtime(app, where, node_id="a", lease=30) as a,
+            actors.open_runtime(app, where, node_id="b") as b,
+        ):
+            info = await a.submit("job")
+            await entered.wait()
+            cancelled_at = trio.current_time()
+            assert (await b.cancel(info.id, reason="from b")).state is S.CANCELLED
+            # a's step is interrupted at a's next lease renewal, not when
+            # (never) it writes again; a then lets go of the task.
+            await interrupted.wait()
+            assert trio.current_time() - cancelled_at <= 30 / 3
+            while a.statistics()["actors"]:
+                await trio.testing.wait_all_tasks_blocked()
+            stored = await b.get(info.id)
+            assert (stored.state, stored.owner) == (S.CANCELLED, None)
+            with pytest.raises(actors.TaskCancelled):
+                await b.result(info.id)

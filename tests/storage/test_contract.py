@@ -240,6 +240,15 @@ async def test_list_tasks_by_name(listed: storage.Store) -> None:
     assert ids(await listed.list_tasks(name="beta")) == ["t2"]
 
 
+async def test_list_tasks_by_owner(listed: storage.Store) -> None:
+    await listed.claim_task("t2", "node-a", lease=60)
+    await listed.claim_task("t1", "node-b", lease=60)
+    assert ids(await listed.list_tasks(owner="node-a")) == ["t2"]
+    assert ids(await listed.list_tasks(owner="node-a", states=[TaskState.RUNNING])) == ["t2"]
+    assert ids(await listed.list_tasks(owner="node-a", states=[TaskState.CANCELLED])) == []
+    assert ids(await listed.list_tasks(owner="nobody")) == []
+
+
 async def test_list_tasks_combines_filters(listed: storage.Store) -> None:
     found = await listed.list_tasks(user_id="u1", thread_id="th1", states=[TaskState.FAILED])
     assert ids(found) == ["t4"]
