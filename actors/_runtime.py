@@ -165,7 +165,9 @@ class Runtime:
         #: runtime was opened in (see ``_start_actor``).
         self._context: contextvars.Context | None = None
         #: Whether other processes may commit to this store (unheard here).
-        self._shared = store.backend.shared
+        #: A backend that does not say is taken to be shared: its waits then
+        #: also read the store now and then, rather than hang.
+        self._shared = bool(getattr(store.backend, "shared", True))
         self._closing = False
         self._closed = trio.Event()
         #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).

@@ -36,6 +36,7 @@ class Backend(Protocol):
     blocking: bool
     #: Whether other processes may write the same data (a file, a server):
     #: their commits reach this store's reads, never its commit listeners.
+    #: (A backend without it is taken to be shared.)
     shared: bool
 
     def open(self) -> None:
