@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
 import actors
+import storage
 from actors import TaskState
 from actors._events import REMOTE_POLL
 
@@ -167,3 +169,30 @@ async def test_a_cancel_from_another_node_stops_the_run_there_within_a_renewal(
             assert (stored.state, stored.owner) == (S.CANCELLED, None)
             with pytest.raises(actors.TaskCancelled):
                 await b.result(info.id)
+
+
+class _LegacyBackend:
+    """A backend written before ``Backend.shared``: everything but that."""
+
+    def __init__(self) -> None:
+        self._inner = storage.backend_from_url("memory://")
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "shared":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_a_backend_that_does_not_say_whether_it_is_shared_still_runs_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    jobs = Gated()
+    for gate in jobs.gates:
+        gate.set()
+    with trio.fail_after(LIMIT):
+        async with (
+            storage.open_store(cast(storage.Backend, _LegacyBackend())) as store,
+            actors.open_runtime(jobs.app, store, node_id="a") as rt,
+        ):
+            info = await rt.submit("job")
+            assert await rt.result(info.id) == [0, 1, 2]
