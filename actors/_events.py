@@ -331,8 +331,13 @@ class StateWatch:
         self.closed = True
         self._wakeup.set()
 
+    def wake(self) -> None:
+        """End the current (or next) ``wait`` with no change."""
+        self._wakeup.set()
+
     async def wait(self) -> None:
-        """Wait until a change is offered or the hub closes (at once if so)."""
+        """Wait until a change is offered, the hub closes or ``wake`` (at once
+        if so). It may also return early: check again."""
         if not self.changes and not self.closed:
             await self._wakeup.wait()
 
@@ -481,6 +486,16 @@ class EventHub:
                     state = decode(stored.data)["to"]
                     for watch in watches:
                         watch.offer(stored.seq, state)
+
+    def wake_all(self) -> None:
+        """Wake every task's watches and state watches with nothing new: their
+        waiters look again at how to wait (see ``Runtime._look_for_others``)."""
+        for watches in self._by_task.values():
+            for watch in watches:
+                watch.wake()
+        for state_watches in self._states.values():
+            for state_watch in state_watches:
+                state_watch.wake()
 
     def close(self) -> None:
         """Wake every watch with "closed"; new watches start closed."""

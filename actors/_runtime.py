@@ -168,6 +168,10 @@ class Runtime:
         #: A backend that does not say is taken to be shared: its waits then
         #: also read the store now and then, rather than hang.
         self._shared = bool(getattr(store.backend, "shared", True))
+        #: Whether another live node was registered on the store at the last
+        #: look (at open, then at each scan): only then can a task's commits
+        #: be made where this node does not hear them.
+        self._others = False
         self._closing = False
         self._closed = trio.Event()
         #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
@@ -423,12 +427,28 @@ class Runtime:
 
     def _remote(self, task_id: str) -> bool:
         """Whether the task's commits may be made where this node does not
-        hear them: the store is shared with other processes, and no actor
-        here runs the task nor waits for a run slot. A wait on such a task
-        reads it again every REMOTE_POLL seconds."""
-        return self._shared and not (
-            task_id in self._actors or (self._slots is not None and task_id in self._slots.waiting)
+        hear them: the store is shared with other processes, another live
+        node was seen on it, and no actor here runs the task nor waits for a
+        run slot. A wait on such a task reads it again every REMOTE_POLL
+        seconds."""
+        return (
+            self._shared
+            and self._others
+            and not (
+                task_id in self._actors
+                or (self._slots is not None and task_id in self._slots.waiting)
+            )
         )
+
+    async def _look_for_others(self) -> None:
+        """Note whether another live node shares the store (see ``_remote``):
+        a process alone on its store polls nothing."""
+        if self._shared:
+            nodes = await self.store.list_nodes()
+            others = any(node.node_id != self.node_id for node in nodes)
+            if others and not self._others:
+                self.hub.wake_all()  # the waits on tasks run elsewhere start to poll
+            self._others = others
 
     def _held_record(self, task_id: str, user_id: str | None) -> TaskRecord | None:
         """The task as this node holds it (committed: its actor's last write,
@@ -901,6 +921,7 @@ class Runtime:
         while True:
             await trio.sleep(self.lease / 2)
             try:
+                await self._look_for_others()
                 await self._scan()
             except storage.StorageError:
                 log.exception("could not scan for tasks to own")
@@ -911,6 +932,7 @@ class Runtime:
         remove_listener = self.store.add_commit_listener(self.hub.publish)
         try:
             await self.store.register_node(self.node_id, self.lease, {"kind": "taskactors"})
+            await self._look_for_others()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._context = contextvars.copy_context()

@@ -196,3 +196,47 @@ async def test_a_backend_that_does_not_say_whether_it_is_shared_still_runs_tasks
         ):
             info = await rt.submit("job")
             assert await rt.result(info.id) == [0, 1, 2]
+
+
+async def test_a_process_alone_on_its_store_reads_nothing_while_it_waits(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    app = actors.App()
+
+    @app.task("asker")
+    async def asker(ctx: actors.TaskContext, request: actors.Request) -> Any:
+        return await ctx.ask("go on?")  # passivated: no actor while it waits
+
+    reads = 0
+    with trio.fail_after(LIMIT):
+        async with open_node(tmp_path, app, "a") as a:
+            info = await a.submit("asker")
+            await a.wait(info.id, states=[S.INPUT_REQUIRED])
+            store = a.store
+            get_task, read_events = store.get_task, store.read_events
+
+            async def counting_get_task(task_id: str) -> Any:
+                nonlocal reads
+                reads += 1
+                return await get_task(task_id)
+
+            async def counting_read_events(task_id: str, *args: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await read_events(task_id, *args)
+
+            store.get_task = counting_get_task  # type: ignore[method-assign]
+            store.read_events = counting_read_events  # type: ignore[method-assign]
+            results: list[Any] = []
+
+            async def wait_for_result() -> None:
+                results.append(await a.result(info.id))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_result)
+                await trio.sleep(60)  # (virtual) four scans, no other node
+                polled = reads
+                await a.send(info.id, "yes")
+            assert results == ["yes"]
+    # Its waits polled nothing: the only node on its store hears every commit.
+    assert polled <= 1
