@@ -342,6 +342,18 @@ class StateWatch:
             await self._wakeup.wait()
 
 
+async def wait_or_poll(watch: Watch | StateWatch, remote: bool) -> bool:
+    """Wait on a watch; for a task whose commits may be made where this
+    process does not hear them (``remote``), at most REMOTE_POLL. Whether the
+    wait ran out: then the caller reads the task from the store again."""
+    if not remote:
+        await watch.wait()
+        return False
+    with trio.move_on_after(REMOTE_POLL) as poll:
+        await watch.wait()
+    return poll.cancelled_caught
+
+
 class EventHub:
     """Fans committed events out to watches, by task and to global watches.
 
@@ -738,15 +750,9 @@ class EventStream:
                 self._sink = watch.sink = None
 
     async def _wait(self, watch: Watch) -> None:
-        """Wait for the next live batch; for a task whose commits may be made
-        elsewhere, at most REMOTE_POLL, then have the store read again."""
-        remote = self._remote
-        if remote is None or not remote(self.task_id):
-            await watch.wait()
-            return
-        with trio.move_on_after(REMOTE_POLL) as poll:
-            await watch.wait()
-        if poll.cancelled_caught:
+        """Wait for the next live batch (see ``wait_or_poll``)."""
+        remote = self._remote is not None and self._remote(self.task_id)
+        if await wait_or_poll(watch, remote):
             self._read_store()
 
     def _read_store(self) -> None:

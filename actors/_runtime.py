@@ -65,7 +65,7 @@ from ._errors import (
     TaskOwnedElsewhere,
     UnknownTaskName,
 )
-from ._events import REMOTE_POLL, AllEventsStream, EventHub, EventStream
+from ._events import AllEventsStream, EventHub, EventStream, wait_or_poll
 from ._faults import CrashPoint, Observer, Point
 from ._info import TaskEvent, TaskInfo
 from ._lifecycle import Command, Strategy, on_request, transition
@@ -601,13 +601,8 @@ class Runtime:
                             return None, None
                 if watch.closed:
                     raise RuntimeClosedError("the runtime closed while this wait went on")
-                if not self._remote(task_id):
-                    await watch.wait()
-                    continue
-                # Run by another process, maybe: its commits are not heard here.
-                with trio.move_on_after(REMOTE_POLL) as poll:
-                    await watch.wait()
-                if poll.cancelled_caught:
+                if await wait_or_poll(watch, self._remote(task_id)):
+                    # Run by another process, maybe: its commits are not heard here.
                     record = await self._load(task_id, user_id)
                     if record.state in wanted or record.state.terminal:
                         return record, None
