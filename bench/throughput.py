@@ -53,7 +53,7 @@ from typing import Any
 import trio
 
 import actors
-from storage._sqlite_schema import MIGRATIONS
+from storage.sqlite._schema import MIGRATIONS
 
 from ._common import (
     SQLITE_BATCHED,

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ._commands import Command
-from ._records import (
+from .model._commands import Command
+from .model._records import (
     ExceptionRecord,
     InboxItem,
     JournalEntry,

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ._backend import Backend
 from ._clock import Clock
-from ._errors import BackendUnavailableError
-from ._store import Store, open_store
+from .actor._store import Store, open_store
+from .model._errors import BackendUnavailableError
 
 
 def backend_from_url(url: str) -> Backend:
@@ -25,11 +25,11 @@ def backend_from_url(url: str) -> Backend:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
-        from ._memory import MemoryBackend
+        from .memory._backend import MemoryBackend
 
         return MemoryBackend()
     if scheme == "sqlite":
-        from ._sqlite import SQLiteBackend
+        from .sqlite._backend import SQLiteBackend
 
         # sqlite:///tasks.db -> "tasks.db"; sqlite:////abs/tasks.db -> "/abs/tasks.db"
         path = url.split("://", 1)[1]

@@ -29,9 +29,9 @@ import pytest
 import trio
 
 import actors
-from actors._cli import build_parser, main
-from actors._commands import EXIT_ERROR, exit_code, parse_json
-from actors._display import Display, bar
+from actors.cli._commands import EXIT_ERROR, exit_code, parse_json
+from actors.cli._display import Display, bar
+from actors.cli._main import build_parser, main
 
 REPO = Path(__file__).parents[2]
 COMMANDS = [
@@ -107,7 +107,7 @@ def test_the_top_level_help_lists_every_command_and_the_exit_statuses(
 def test_starting_imports_no_test_tooling() -> None:
     # trio.testing imports pytest: a tenth of a second at every command.
     code = (
-        "import sys, actors, actors._cli;"
+        "import sys, actors, actors.cli._main;"
         " print(sorted({'pytest', 'trio.testing'} & set(sys.modules)))"
     )
     found = subprocess.run(
@@ -125,7 +125,7 @@ def test_the_defaults_follow_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert (args.url, args.token) == ("ws://example:1", "t0k")
     serve = build_parser().parse_args(["serve"])
     assert (serve.store, serve.host, serve.port) == ("sqlite:///taskactors.db", "127.0.0.1", 8765)
-    assert serve.app == "actors._demo:demo_app" and serve.tokens is None
+    assert serve.app == "actors.cli:demo_app" and serve.tokens is None
     assert build_parser().parse_args(["demo"]).store == "sqlite:///taskactors-demo.db"
     assert serve.gc_threshold == (50_000, 20, 100)
     assert build_parser().parse_args(["serve", "--gc-threshold", "python"]).gc_threshold is None
@@ -419,7 +419,7 @@ async def test_runtime_refusals_are_one_line_and_status_4(
 # -- end to end: the real `taskactors serve` and the commands as subprocesses ----------------------
 def taskactors_command() -> list[str]:
     script = Path(sys.executable).with_name("taskactors")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "actors._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "actors.cli._main"]
 
 
 class Server:
@@ -603,7 +603,7 @@ def test_serve_and_every_client_command_end_to_end(
 def leave_unfinished_tasks(store: str) -> None:
     """Leave a running demo task and a task of another app in ``store``, as an
     interrupted earlier run would."""
-    from actors._demo import demo_app
+    from actors.cli._demo import demo_app
 
     other = actors.App()
 

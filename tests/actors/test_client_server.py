@@ -1,4 +1,4 @@
-"""The websocket client (``actors._client``) against the real server, in-process.
+"""The websocket client (``actors.client._client``) against the real server, in-process.
 
 No autojump clock (it would jump over socket waits); the test tasks wait on
 gates the tests open (``wsclient.Gates``), never on time.
@@ -11,7 +11,6 @@ import random
 import pytest
 import trio
 
-from actors._protocol import ErrorCode
 from actors.client import (
     AuthenticationError,
     BadRequestError,
@@ -26,6 +25,7 @@ from actors.client import (
     is_terminal,
     open_client,
 )
+from actors.server._protocol import ErrorCode
 
 from .wsclient import serving
 

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from actors import SubscriptionLagged
-from actors._events import (
+from actors.runtime._events import (
     HISTORY_PAGE,
     REMOTE_POLL,
     AllEventsStream,

@@ -1,4 +1,4 @@
-"""The pure task lifecycle (actors._lifecycle), driven without trio.
+"""The pure task lifecycle (actors.core._lifecycle), driven without trio.
 
 Like h11's tests/test_state.py: plain synchronous tests of the table in
 DESIGN.md "Task lifecycle", plus a hypothesis state machine that sends random
@@ -21,9 +21,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-import actors._lifecycle as lifecycle
-from actors._errors import InvalidTransition, NotCancelable, RequestRejected
-from actors._lifecycle import Command, RequestAction, Strategy, is_noop, on_request, transition
+import actors.core._lifecycle as lifecycle
+from actors.core._errors import InvalidTransition, NotCancelable, RequestRejected
+from actors.core._lifecycle import Command, RequestAction, Strategy, is_noop, on_request, transition
 from storage import TERMINAL_STATES, TaskState
 
 S = TaskState

@@ -1,6 +1,6 @@
 """The websocket protocol without sockets: parsing, frames, error codes, the outbox.
 
-``actors._protocol`` is sans-IO (tested without trio); ``actors._outbox`` is
+``actors.server._protocol`` is sans-IO (tested without trio); ``actors.server._outbox`` is
 the bounded coalescing send queue of a connection (tested with trio events
 only, no sockets).
 """
@@ -17,10 +17,10 @@ import trio.testing
 import actors
 import storage
 from actors import Signal, TaskState
-from actors._events import EventBatch
-from actors._lifecycle import Strategy
-from actors._outbox import Outbox
-from actors._protocol import (
+from actors.core._lifecycle import Strategy
+from actors.runtime._events import EventBatch
+from actors.server._outbox import Outbox
+from actors.server._protocol import (
     ERROR_CODES,
     MAX_DEPTH,
     OPERATIONS,

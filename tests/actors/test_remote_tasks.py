@@ -23,7 +23,7 @@ import trio.testing
 import actors
 import storage
 from actors import TaskState
-from actors._events import REMOTE_POLL
+from actors.runtime._events import REMOTE_POLL
 
 from .test_recovery import reopenable
 

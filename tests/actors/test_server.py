@@ -28,7 +28,7 @@ from trio_websocket import ConnectionClosed
 
 import actors
 from actors import TaskState
-from actors._protocol import OPERATIONS, ErrorCode
+from actors.server._protocol import OPERATIONS, ErrorCode
 
 from .wsclient import (
     TOKENS,
@@ -323,7 +323,7 @@ async def test_a_client_that_never_authenticates_is_closed_after_the_auth_timeou
 
 
 async def test_without_tokens_the_server_serves_one_local_user_who_sees_every_task() -> None:
-    assert "single local user" in actors._server.describe_auth(None)
+    assert "single local user" in actors.server._server.describe_auth(None)
     async with serving(tokens=None) as served:
         theirs = await served.rt.submit("echo", 1, user_id="someone")
         async with connect(served, None) as client:

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 import actors
-import actors._context
+import actors.runtime._context
 import storage
 from actors import testing
 
@@ -239,13 +239,13 @@ def test_the_simulation_catches_a_runtime_that_reruns_stored_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The checker is not vacuous: a runtime that forgets its journal is caught."""
-    original = actors._context.TaskContext._next
+    original = actors.runtime._context.TaskContext._next
 
     def forgetful(self: Any, kind: str, name: str) -> Any:
         index, entry = original(self, kind, name)
         return index, (None if kind == "step" else entry)
 
-    monkeypatch.setattr(actors._context.TaskContext, "_next", forgetful)
+    monkeypatch.setattr(actors.runtime._context.TaskContext, "_next", forgetful)
     failures = []
     for seed in range(40):
         try:

@@ -1,6 +1,6 @@
 """Helpers of the websocket server tests: a test app, a server in-process, a raw client.
 
-The client is deliberately thin (it is not ``actors._client``): it shows the
+The client is deliberately thin (it is not ``actors.client._client``): it shows the
 protocol as a reader of the README would use it, one JSON frame at a time.
 """
 

@@ -8,7 +8,7 @@ import pytest
 
 import storage
 from storage import CreateTask, NewEvent, TaskRecord, TaskState, TaskWrite
-from storage._memory import MemoryBackend
+from storage.memory._backend import MemoryBackend
 
 
 def make_task(task_id: str) -> TaskRecord:

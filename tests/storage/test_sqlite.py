@@ -39,11 +39,11 @@ from storage import (
     TaskWrite,
     TaskWriteResult,
     UsageRecord,
-    _sqlite,
 )
-from storage._sqlite import SQLiteBackend
-from storage._sqlite_commands import WriteBatch
-from storage._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from storage.sqlite import _backend as _sqlite
+from storage.sqlite._backend import SQLiteBackend
+from storage.sqlite._commands import WriteBatch
+from storage.sqlite._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 NOW = 1_000.0
 

@@ -21,7 +21,7 @@ import trio
 import storage
 from storage import BackendUnavailableError, NewEvent, StaleEpochError, TaskState, TaskWrite
 from storage._open import backend_from_url
-from storage._sqlite import SQLiteBackend
+from storage.sqlite._backend import SQLiteBackend
 
 from .test_sqlite import make_task
 

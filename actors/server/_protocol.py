@@ -1,0 +1,613 @@
+"""The websocket protocol, sans-IO: request frames in, reply and event frames out.
+
+Theory of operation
+-------------------
+Nothing here does I/O or imports trio: ``parse_frame`` turns one websocket
+message into a ``RequestFrame`` (the echoed ``id`` and one typed operation)
+or raises ``ProtocolError`` with a stable ``ErrorCode``; the ``*_frame``
+functions build the JSON text of everything the server sends. The server
+(``_server.py``) owns the sockets and the runtime calls.
+
+Validation is strict, so a client bug shows up as an error reply rather
+than as a surprise: a frame is a JSON object (at most ``MAX_DEPTH`` levels
+deep, no NaN or Infinity) with a string ``op`` naming one of ``OPERATIONS``
+and an optional ``id`` (a string or an integer, echoed in the reply). The
+other keys are the operation's fields, structured by a strict derivative of
+THE converter (``storage.converter``): a string is never coerced from a
+number, a bool is not an int, a list is not a string, and an unknown field
+is an error.
+
+Task infos and events go out through ``storage.converter`` unchanged, so
+the wire form of a ``TaskInfo`` or ``TaskEvent`` is the same as everywhere
+else. Live events are encoded a committed batch at a time, straight from
+the stored text and once for all subscribers (``EventEncoder``); the text is
+spliced into ``event``/``events`` frames, so fan-out and batching cost no
+re-encoding.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
+
+import attrs
+import cattrs
+from cattrs.v import format_exception
+
+import storage
+from storage import StorageError, StoredEvent, TaskState
+
+from ..core._errors import (
+    ActorsError,
+    ActorStoppedError,
+    InvalidTransition,
+    NotCancelable,
+    RequestRejected,
+    RuntimeClosedError,
+    TaskExists,
+    TaskNotFound,
+    TaskOwnedElsewhere,
+    UnknownTaskName,
+)
+from ..core._info import TaskEvent
+from ..core._lifecycle import Strategy
+from ..core._messages import Signal
+
+if TYPE_CHECKING:
+    from ..runtime._events import EventBatch
+
+#: Deepest nesting of arrays and objects a request frame may have.
+MAX_DEPTH: Final = 64
+#: Most entries in the ``after`` object of an all-tasks ``subscribe``.
+MAX_AFTER_TASKS: Final = 1024
+#: Largest ``limit`` of ``list`` and ``history``.
+MAX_LIMIT: Final = 10_000
+
+#: The ``id`` of a request: echoed in its reply (None when the request had none).
+RequestId: TypeAlias = str | int | None
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable codes of error replies (``{"ok": false, "error": {"code", "message"}}``)."""
+
+    #: The frame is not JSON text (binary, malformed, NaN/Infinity, or too deep to parse).
+    BAD_JSON = "bad_json"
+    #: The frame is JSON but not a valid request: not an object, a field missing,
+    #: mistyped, out of range or unknown, nested too deep, or a non-JSON input.
+    BAD_REQUEST = "bad_request"
+    #: ``op`` names no operation.
+    UNKNOWN_OP = "unknown_op"
+    #: No valid token (the connection is then closed with 1008), or a second
+    #: ``auth`` naming another user.
+    UNAUTHORIZED = "unauthorized"
+    #: No such task, or a task of another user (the two read the same).
+    NOT_FOUND = "not_found"
+    #: ``submit`` names a handler that is not registered (or a task's handler is unknown here).
+    UNKNOWN_NAME = "unknown_name"
+    #: ``submit`` with a ``task_id`` that another user's task has taken, or
+    #: ``usage`` of a thread id that another user's tasks share.
+    CONFLICT = "conflict"
+    #: The task's lifecycle refuses the request in its state (e.g. resume a completed task).
+    INVALID_TRANSITION = "invalid_transition"
+    #: ``cancel`` of a completed, failed or rejected task.
+    NOT_CANCELABLE = "not_cancelable"
+    #: ``send`` to a busy task whose strategy is ``reject``.
+    REJECTED = "rejected"
+    #: The frame is larger than the server's ``max_frame``.
+    TOO_LARGE = "too_large"
+    #: The connection already has ``max_subscriptions`` open subscriptions.
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    #: ``unsubscribe`` names no open subscription of this connection.
+    UNKNOWN_SUBSCRIPTION = "unknown_subscription"
+    #: The runtime is closing, another node runs the task, or the store is
+    #: unreachable: try again later.
+    UNAVAILABLE = "unavailable"
+    #: A server bug; the message says nothing more (the server logs it).
+    INTERNAL = "internal"
+
+
+class ProtocolError(ActorsError):
+    """A request the server refuses before (or instead of) running it."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: The request's id, when it could be read.
+        self.request_id = request_id
+
+
+# -- operations ---------------------------------------------------------------------
+class _Invalid(ValueError):
+    """A field has the wrong JSON type or is out of range (message: what was expected)."""
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_LIMIT:
+        raise _Invalid(f"{attribute.name}: expected 1 to {MAX_LIMIT}")
+
+
+def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise _Invalid(f"{attribute.name}: expected a seq >= 0")
+
+
+def _after_bounds(instance: Any, attribute: attrs.Attribute[Any], value: After) -> None:
+    if isinstance(value, int):
+        _not_negative(instance, attribute, value)
+        return
+    if value is not None:
+        if len(value) > MAX_AFTER_TASKS:
+            raise _Invalid(f"after: expected at most {MAX_AFTER_TASKS} tasks")
+        if any(seq < 0 for seq in value.values()):
+            raise _Invalid("after: expected seqs >= 0")
+
+
+#: ``after`` of ``subscribe``: a seq (one task), or task id -> seq (all tasks).
+After: TypeAlias = int | dict[str, int] | None
+
+
+@attrs.frozen
+class Auth:
+    """``auth``: authenticate the connection (the first frame, unless a header did)."""
+
+    token: str
+
+
+@attrs.frozen
+class Submit:
+    """``submit``: start a task; a ``task_id`` makes it idempotent."""
+
+    name: str
+    input: Any
+    task_id: str | None = None
+    thread_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    #: The multitask strategy for this task (default: the handler's).
+    strategy: Strategy | None = None
+
+
+@attrs.frozen
+class Send:
+    """``send``: a Request (new input) into a task's mailbox."""
+
+    task_id: str
+    input: Any
+
+
+@attrs.frozen
+class Cancel:
+    """``cancel``: cancel a task and its children."""
+
+    task_id: str
+    reason: str | None = None
+
+
+@attrs.frozen
+class SignalTask:
+    """``signal``: STOP, PAUSE or RESUME a task."""
+
+    task_id: str
+    signal: Signal
+
+
+@attrs.frozen
+class Get:
+    """``get``: a task's info."""
+
+    task_id: str
+
+
+@attrs.frozen
+class ListTasks:
+    """``list``: the user's tasks, oldest first, filtered."""
+
+    thread_id: str | None = None
+    states: tuple[TaskState, ...] | None = None
+    limit: int | None = attrs.field(default=None, validator=_positive)
+
+
+@attrs.frozen
+class History:
+    """``history``: a task's committed events with seq > after."""
+
+    task_id: str
+    after: int = attrs.field(default=0, validator=_not_negative)
+    limit: int | None = attrs.field(default=None, validator=_positive)
+
+
+@attrs.frozen
+class Subscribe:
+    """``subscribe``: one task's events after ``after`` (history, then live, then
+    ``end``), or with no task id the live events of all the user's tasks (after
+    replaying, for each task named in an ``after`` object, its events after that seq).
+    """
+
+    task_id: str | None = None
+    after: After = attrs.field(default=None, validator=_after_bounds)
+
+    def __attrs_post_init__(self) -> None:
+        if self.task_id is not None and isinstance(self.after, dict):
+            raise _Invalid("after: expected a seq (an integer) when subscribing to one task")
+        if self.task_id is None and isinstance(self.after, int) and self.after != 0:
+            raise _Invalid("after: expected an object {task_id: seq} (or 0) for all tasks")
+
+
+@attrs.frozen
+class Unsubscribe:
+    """``unsubscribe``: close a subscription of this connection."""
+
+    sub: str
+
+
+@attrs.frozen
+class Usage:
+    """``usage``: token usage of a thread."""
+
+    thread_id: str
+    #: Also count tasks that are not finished.
+    include_active: bool = False
+
+
+Operation: TypeAlias = (
+    Auth
+    | Submit
+    | Send
+    | Cancel
+    | SignalTask
+    | Get
+    | ListTasks
+    | History
+    | Subscribe
+    | Unsubscribe
+    | Usage
+)
+
+#: Operation classes by their ``op`` name.
+OPERATIONS: Final[Mapping[str, type[Operation]]] = {
+    "auth": Auth,
+    "submit": Submit,
+    "send": Send,
+    "cancel": Cancel,
+    "signal": SignalTask,
+    "get": Get,
+    "list": ListTasks,
+    "history": History,
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "usage": Usage,
+}
+
+
+@attrs.frozen
+class RequestFrame:
+    """One parsed request: its ``id`` and its operation."""
+
+    id: RequestId
+    op: Operation
+
+
+# -- parsing ------------------------------------------------------------------------
+def _strict(expected: type, label: str) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise _Invalid(f"expected {label}")
+        return value
+
+    return structure
+
+
+def _one_of(enum_type: type[enum.Enum]) -> Callable[[Any, Any], Any]:
+    names = ", ".join(str(member.value) for member in enum_type)
+
+    def structure(value: Any, _: Any) -> Any:
+        try:
+            return enum_type(value)
+        except ValueError:
+            raise _Invalid(f"expected one of {names}") from None
+
+    return structure
+
+
+def _states(value: Any, _: Any) -> tuple[TaskState, ...]:
+    if not isinstance(value, list):
+        raise _Invalid("expected a list of states")
+    state = _one_of(TaskState)
+    return tuple(state(item, TaskState) for item in value)
+
+
+def _after(value: Any, _: Any) -> After:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, dict) and all(
+        isinstance(seq, int) and not isinstance(seq, bool) for seq in value.values()
+    ):
+        return dict(value)
+    raise _Invalid("expected a seq (an integer) or an object {task_id: seq}")
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, _Invalid):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def _problems(exc: cattrs.BaseValidationError, op: str) -> str:
+    """ "submit.name: expected a string; ..." from cattrs' "expected a string @ submit.name"."""
+    problems = []
+    for line in cattrs.transform_error(exc, path=op, format_exception=_format):
+        text, _, path = line.rpartition(" @ ")
+        if ": " in text and path == op:
+            problems.append(f"{op}.{text}")  # a validator names its field itself
+        else:
+            problems.append(f"{path}: {text}")
+    return "; ".join(problems)
+
+
+def _make_wire_converter() -> cattrs.Converter:
+    """THE converter (``storage.converter``), made strict for untrusted JSON."""
+    wire = storage.converter.copy()
+    wire.register_structure_hook(str, _strict(str, "a string"))
+    wire.register_structure_hook(int, _strict(int, "an integer"))
+    wire.register_structure_hook(bool, _strict(bool, "true or false"))
+    wire.register_structure_hook_func(lambda t: t == dict[str, Any], _strict(dict, "an object"))
+    for enum_type in (Signal, Strategy, TaskState):
+        wire.register_structure_hook(enum_type, _one_of(enum_type))
+    wire.register_structure_hook_func(lambda t: t == tuple[TaskState, ...], _states)
+    wire.register_structure_hook_func(lambda t: t == After, _after)
+    return wire
+
+
+_wire = _make_wire_converter()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            stack.extend((child, depth) for child in item)
+    return deepest
+
+
+def frame_size(message: str | bytes) -> int:
+    """Size of a message in bytes (text as UTF-8)."""
+    if isinstance(message, bytes):
+        return len(message)
+    if message.isascii():
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))
+
+
+def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> RequestFrame:
+    """Parse one websocket message into a request.
+
+    Args:
+        message: the message as the websocket library delivers it.
+        max_frame: the largest accepted message in bytes (None: no limit here).
+
+    Raises:
+        ProtocolError: TOO_LARGE, BAD_JSON, BAD_REQUEST or UNKNOWN_OP, with the
+            request's id when it could be read.
+    """
+    if max_frame is not None and frame_size(message) > max_frame:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame larger than {max_frame} bytes")
+    if isinstance(message, bytes):
+        raise ProtocolError(ErrorCode.BAD_JSON, "binary frames are not accepted: send JSON text")
+    try:
+        raw = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a request is a JSON object")
+    request_id = raw.get("id")
+    if not (request_id is None or isinstance(request_id, str | int)) or isinstance(
+        request_id, bool
+    ):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "id: expected a string or an integer")
+    if _depth(raw) > MAX_DEPTH:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"nested deeper than {MAX_DEPTH} levels", request_id
+        )
+    name = raw.get("op")
+    if name is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "op: required field missing", request_id)
+    if not isinstance(name, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "op: expected a string", request_id)
+    op_type = OPERATIONS.get(name)
+    if op_type is None:
+        known = ", ".join(OPERATIONS)
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_OP, f"unknown op {name!r}; the ops are {known}", request_id
+        )
+    fields = {key: value for key, value in raw.items() if key not in ("id", "op")}
+    try:
+        op = _wire.structure(fields, op_type)
+    except cattrs.BaseValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _problems(exc, name), request_id) from None
+    return RequestFrame(request_id, op)
+
+
+# -- errors of the runtime ------------------------------------------------------------
+#: Runtime errors and their codes, most specific first (the first match wins).
+ERROR_CODES: Final[Sequence[tuple[type[BaseException], ErrorCode]]] = (
+    (TaskNotFound, ErrorCode.NOT_FOUND),
+    (UnknownTaskName, ErrorCode.UNKNOWN_NAME),
+    (TaskExists, ErrorCode.CONFLICT),
+    (NotCancelable, ErrorCode.NOT_CANCELABLE),
+    (RequestRejected, ErrorCode.REJECTED),
+    (InvalidTransition, ErrorCode.INVALID_TRANSITION),
+    (TaskOwnedElsewhere, ErrorCode.UNAVAILABLE),
+    (RuntimeClosedError, ErrorCode.UNAVAILABLE),
+    (ActorStoppedError, ErrorCode.UNAVAILABLE),
+    (storage.BackendUnavailableError, ErrorCode.UNAVAILABLE),
+    (storage.StorageClosedError, ErrorCode.UNAVAILABLE),
+    # Raised by the runtime for an input or metadata that has no JSON form.
+    (TypeError, ErrorCode.BAD_REQUEST),
+)
+
+
+def error_code(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The code and message of an error reply for an exception a runtime call raised.
+
+    An exception with no entry in ``ERROR_CODES`` (a bug, or a store failure)
+    is ``internal``, and its text is not shown: the server logs it.
+    """
+    if isinstance(exc, ProtocolError):
+        return exc.code, exc.message
+    for error_type, code in ERROR_CODES:
+        if isinstance(exc, error_type):
+            return code, str(exc)
+    if isinstance(exc, StorageError):
+        return ErrorCode.INTERNAL, "the store failed; see the server log"
+    return ErrorCode.INTERNAL, "internal server error; see the server log"
+
+
+# -- frames out -----------------------------------------------------------------------
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def to_wire(value: Any) -> Any:
+    """The JSON-ready form of a result (TaskInfo, TaskEvent, lists, dicts...)."""
+    return storage.converter.unstructure(value)
+
+
+def reply_frame(request_id: RequestId, result: Any) -> str:
+    """``{"id", "ok": true, "result"}``; result goes through ``to_wire``."""
+    return _dumps({"id": request_id, "ok": True, "result": to_wire(result)})
+
+
+def error_frame(request_id: RequestId, code: ErrorCode, message: str) -> str:
+    """``{"id", "ok": false, "error": {"code", "message"}}``."""
+    return _dumps(
+        {"id": request_id, "ok": False, "error": {"code": code.value, "message": message}}
+    )
+
+
+def encode_event(event: TaskEvent) -> str:
+    """The JSON text of one event: ``{"task_id", "seq", "kind", "at", "data"}``."""
+    return _dumps(to_wire(event))
+
+
+def encode_stored(stored: StoredEvent) -> str:
+    """The JSON text of a stored event, the same as ``encode_event`` of it decoded.
+
+    The stored ``data`` is already the compact JSON text of the value
+    (``storage.encode``), so it is spliced in as it is: no decoding.
+    """
+    return _encode(_dumps(stored.task_id), stored.seq, _dumps(stored.kind), stored.at, stored.data)
+
+
+def _encode(task_id: str, seq: int, kind: str, at: float, data: str) -> str:
+    """One event's JSON text from its parts (task id and kind already JSON text)."""
+    if not math.isfinite(at):
+        raise ValueError(f"event {seq} of task {task_id}: no JSON form for at={at}")
+    return f'{{"task_id":{task_id},"seq":{seq:d},"kind":{kind},"at":{at!r},"data":{data}}}'
+
+
+class EncodedEvents(NamedTuple):
+    """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame.
+
+    A named tuple rather than an attrs class: smaller, and cheaper for the
+    garbage collector to walk (see ``_events.Wakeup``).
+    """
+
+    text: str
+    #: Number of events in ``text``.
+    event_count: int
+    #: Seq of the last one.
+    last_seq: int
+
+
+class EventEncoder:
+    """The wire text of event batches, made once per batch for every subscriber.
+
+    Fan-out to N subscribers costs one encoding: the text of a batch is kept
+    while the batch lives (it is shared by every subscriber that receives
+    it), and each connection only splices it into its frame.
+
+    Args:
+        max_size: a batch longer than this many characters is cut into
+            parts that are not (a single longer event is a part alone), so
+            frames stay within what clients accept.
+    """
+
+    def __init__(self, max_size: int = 1 << 20) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be >= 1")
+        self.max_size = max_size
+        self._texts: weakref.WeakKeyDictionary[EventBatch, tuple[EncodedEvents, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: JSON text of the event kinds seen (a handful of short strings).
+        self._kinds: dict[str, str] = {}
+
+    def encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
+        """The batch's events as JSON text, in parts of at most ``max_size`` characters."""
+        encoded = self._texts.get(batch)
+        if encoded is None:
+            encoded = self._texts[batch] = self._encode(batch)
+        return encoded
+
+    def _encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
+        task_id = _dumps(batch.task_id)
+        kinds = self._kinds
+        parts: list[EncodedEvents] = []
+        texts: list[str] = []
+        size = 0
+        for seq, kind, at, data in zip(
+            batch.seqs, batch.kinds, batch.ats, batch.datas, strict=True
+        ):
+            kind_text = kinds.get(kind)
+            if kind_text is None:
+                kind_text = _dumps(kind)
+                if len(kinds) < 256:
+                    kinds[kind] = kind_text
+            text = _encode(task_id, seq, kind_text, at, data)
+            if texts and size + 1 + len(text) > self.max_size:
+                parts.append(EncodedEvents(",".join(texts), len(texts), seq - 1))
+                texts = []
+            size = size + 1 + len(text) if texts else len(text)  # len(",".join(texts))
+            texts.append(text)
+        parts.append(EncodedEvents(",".join(texts), len(texts), batch.last))
+        return tuple(parts)
+
+
+def events_frame(sub: str, encoded: Sequence[str], count: int) -> str:
+    """``{"op": "event", "sub", "event"}`` for one event, else ``{"op": "events", "sub",
+    "events": [...]}``, from ``count`` events in comma-separated texts (``EncodedEvents``)."""
+    if not encoded or count < 1:
+        raise ValueError("no events")
+    if count == 1:
+        return f'{{"op":"event","sub":{_dumps(sub)},"event":{encoded[0]}}}'
+    return f'{{"op":"events","sub":{_dumps(sub)},"events":[{",".join(encoded)}]}}'
+
+
+def end_frame(sub: str) -> str:
+    """``{"op": "end", "sub"}``: a one-task subscription sent its terminal event."""
+    return _dumps({"op": "end", "sub": sub})
+
+
+def lagged_frame(sub: str, resume_after: int | Mapping[str, int]) -> str:
+    """``{"op": "lagged", "sub", "resume_after"}``: the subscription is closed;
+    subscribe again with ``after`` = resume_after (a seq for one task, an
+    object task id -> seq for all tasks)."""
+    after = resume_after if isinstance(resume_after, int) else dict(resume_after)
+    return _dumps({"op": "lagged", "sub": sub, "resume_after": after})

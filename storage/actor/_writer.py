@@ -1,0 +1,786 @@
+"""The storage actor: the single writer of a store.
+
+Theory of operation
+-------------------
+Writers put a ``PendingWrite`` in the actor's queue (``submit_nowait``: it
+never blocks, so a sync caller such as ``ctx.emit`` can write; the order of
+the calls is the order of the writes). The actor takes what is waiting (all of
+a short queue, half of a long one: see ``_next_batch``; at most
+``max_batch`` commands or about ``max_rows`` events) and hands the batch to
+the backend as one transaction: in the actor's worker thread for a blocking
+backend (one wake-up back into trio per batch), inline for the memory
+backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
+batch in trio first and only writes it elsewhere: in the backend's writer
+process if it has one (SQLite's default, ``_sqlite_process.py``: a GIL of
+its own), else in the worker thread, which then holds the GIL for little
+more than binding its parameters; and the actor decides the next batch
+while the one before is written (two batches in hand:
+``_serve_pipelined``), so neither trio nor the writer waits for the other
+while there is work. After answering a batch the actor lets a few
+scheduling rounds pass before taking the next (``_GROUP_ROUNDS``), so that
+the writers it woke queue their next writes together. When the batch
+returns, it is durable: the actor
+first tells the commit listeners (so subscribers see committed events, in
+commit order, and only those), then resolves every write of the batch in
+order (outcome callbacks run right then, in commit order), then wakes the
+writers that wait.
+
+A ``TaskDraft`` is a ``TaskWrite`` that stays open while it waits in the
+queue: the task actor that owns it keeps adding to it (events, journal
+entries, a state change...) until the storage actor takes it into a batch
+and seals it. So a task that emits a thousand events while the writer is
+busy costs one command, not a thousand: coalescing happens exactly when
+the store falls behind (issue #5).
+
+Urgent writes (``submit_urgent``: lease renewals, the claims of a scan) go
+before everything queued, so a long backlog never lets the node's leases
+lapse, nor delays the tasks a restart resumes.
+
+A write that is queued is always applied, even if its caller is cancelled
+while waiting: ``wait`` is not interruptible (the wait is short: one batch),
+and the caller learns the truth. When the actor closes, it applies what is
+queued, then refuses further writes with ``StorageClosedError``.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from .._backend import Backend, PlanningBackend
+from .._clock import Clock
+from ..model._commands import Command, CreateResult, JournalWrite, TaskWrite, TaskWriteResult
+from ..model._errors import BackendUnavailableError, StorageClosedError, StorageError
+from ..model._records import EventLike, StoredEvent, TaskState, UsageRecord
+
+if TYPE_CHECKING:
+    from ..sqlite._process import SentPlan, WriterProcess
+
+log = logging.getLogger("taskactors.storage")
+
+CommitListener = Callable[[Sequence[StoredEvent]], None]
+
+_NOT_DONE: Any = object()
+T = TypeVar("T")
+#: Commands a planning backend decides between two checkpoints (a few ms).
+_DECIDE_SLICE = 512
+#: Scheduling rounds the committer lets pass after answering a batch before
+#: the next one is taken (see ``StorageActor._commit``).
+_GROUP_ROUNDS = 2
+
+
+def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+class _Ready:
+    """An awaitable that is done at once (no checkpoint): what an
+    ``await``-able API returns when there is nothing to wait for, without
+    making a coroutine (``PendingWrite.wait_quietly``, the actor lock)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+READY = _Ready()
+
+
+def _park_message() -> object | None:
+    """trio's message "park this task until it is rescheduled", made once.
+
+    ``trio.lowlevel.wait_task_rescheduled`` makes a coroutine, a generator,
+    and this message with its ``__dict__`` for every wait: four objects that
+    live as long as the wait (a batch), six times a task, and that the
+    collector walks (issue #5). The message is immutable and our abort
+    function is always the same, so one serves every wait. It is trio's
+    private class: if it is gone, waits go through the public function.
+    """
+    try:
+        from trio._core._traps import WaitTaskRescheduled
+
+        return WaitTaskRescheduled(_refuse_abort)
+    except Exception:  # pragma: no cover - another trio
+        return None
+
+
+_PARK = _park_message()
+#: What a parked writer is woken with: one outcome for all (trio's
+#: ``reschedule`` makes a new ``Value(None)`` each time otherwise). Only
+#: ``_Parked`` receives it, and it never unwraps it.
+_WOKEN = outcome.Value(None)
+
+
+class _Parked(Generator[Any, Any, None]):
+    """``await`` it: park the current task until rescheduled.
+
+    Its own iterator, and one object for every wait: the first step hands
+    trio the shared message, and the step that resumes the task (a ``send``
+    of what it was rescheduled with) ends the wait. No generator per wait
+    (issue #5: six a task, each alive as long as its wait, long enough for
+    the collector to move it to an older generation and walk it again).
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> _Parked:
+        return self
+
+    def send(self, sent: Any) -> Any:
+        if sent is None:  # the first step
+            return _PARK
+        if sent is not _WOKEN:
+            sent.unwrap()  # an Error outcome raises here
+        raise StopIteration
+
+    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
+        raise typ if value is None else value
+
+
+_PARKED = _Parked()
+
+
+class PendingWrite:
+    """A queued write and, once its batch is applied, its outcome.
+
+    Made by ``StorageActor.submit_nowait`` (a command) or ``open_draft`` (a
+    ``TaskDraft``). The slots are the subclasses': a TaskDraft is a
+    TaskWrite too, and two bases cannot both lay slots out.
+    """
+
+    if not TYPE_CHECKING:  # (mypy would refuse the subclasses' slots here)
+        __slots__ = ()
+    _outcome: object
+    _waiters: trio.lowlevel.Task | list[trio.lowlevel.Task] | None
+    #: Called with the outcome (result or StorageError) when the batch is
+    #: applied, in commit order, before any waiter wakes: how a
+    #: fire-and-forget writer learns of it without keeping the write.
+    on_outcome: Callable[[object], None] | None
+
+    @property
+    def command(self) -> Command:
+        raise NotImplementedError
+
+    def _take(self) -> Command:
+        """The command, as the storage actor takes it into a batch."""
+        return self.command
+
+    def _resolve(self, outcome: object) -> None:
+        self._outcome = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        waiters, self._waiters = self._waiters, None
+        if waiters is None:
+            return
+        if _PARK is None:  # (parked with trio's public wait: a Value each)
+            for task in waiters if isinstance(waiters, list) else (waiters,):
+                trio.lowlevel.reschedule(task)
+        elif isinstance(waiters, list):
+            for task in waiters:
+                trio.lowlevel.reschedule(task, _WOKEN)
+        else:
+            trio.lowlevel.reschedule(waiters, _WOKEN)
+
+    @property
+    def done(self) -> bool:
+        """Whether the batch holding this write has been applied (or refused)."""
+        return self._outcome is not _NOT_DONE
+
+    def outcome_nowait(self) -> object:
+        """The outcome of a done write: its result, or raise its StorageError."""
+        assert self.done
+        if isinstance(self._outcome, StorageError):
+            raise self._outcome
+        return self._outcome
+
+    def wait_quietly(self) -> Awaitable[None]:
+        """``await`` it: wait until the write is applied, without raising its error.
+
+        Not interruptible: a cancelled caller goes on waiting for the (short)
+        batch and sees the cancellation at its next checkpoint. Returns at
+        once, without a checkpoint, if the write is done already. (Not a
+        coroutine function: the awaitable it returns is trio's own wait, so
+        a waiting task holds one coroutine less, and the collector walks
+        one object less per waiting task.)
+        """
+        if self._outcome is _NOT_DONE:
+            self._register(trio.lowlevel.current_task())
+            if _PARK is not None:
+                return _PARKED
+            return trio.lowlevel.wait_task_rescheduled(_refuse_abort)  # noqa: ASYNC105
+        return READY
+
+    def _register(self, task: trio.lowlevel.Task) -> None:
+        waiters = self._waiters
+        # One waiter is the rule (the writer): no list for it.
+        if waiters is None:
+            self._waiters = task
+        elif isinstance(waiters, list):
+            waiters.append(task)
+        else:
+            self._waiters = [waiters, task]
+
+    async def wait(self) -> object:
+        """Wait until the write is applied; return its result or raise its error.
+
+        The wait is not interruptible: a queued write is applied whatever the
+        caller does, and the caller learns the truth.
+        """
+        await self.wait_quietly()
+        return self.outcome_nowait()
+
+
+class _QueuedCommand(PendingWrite):
+    """A queued command (any but a draft)."""
+
+    __slots__ = ("_command", "_outcome", "_waiters", "on_outcome")
+
+    def __init__(self, command: Command) -> None:
+        self._command = command
+        self._outcome = _NOT_DONE
+        self._waiters = None
+        self.on_outcome = None
+
+    @property
+    def command(self) -> Command:
+        return self._command
+
+
+def _grown(held: Sequence[T], more: Sequence[T]) -> Sequence[T]:
+    """A draft's entries with more added: the first part's as they came
+    (one part is the rule: no list for it), a list once more come."""
+    if not held:
+        return more if isinstance(more, tuple) else tuple(more)  # (never the caller's list)
+    if isinstance(held, list):
+        held.extend(more)
+        return held
+    return [*held, *more]
+
+
+#: The one-state sets a draft leaves the task in, made once.
+_ONLY = {state: frozenset({state}) for state in TaskState}
+
+#: The fields of a TaskWrite that join a draft without closing it.
+_OPEN_FIELDS = frozenset({"events", "journal", "usage", "progress", "state"})
+
+
+class TaskDraft(TaskWrite, PendingWrite):
+    """A ``TaskWrite`` of one task that grows until the storage actor takes it.
+
+    Made by ``StorageActor.open_draft`` with the fence of its first part
+    (epoch, expected states). Its owner adds parts with ``add`` while
+    ``accepts(expect)`` says it may: the draft is not taken yet, not closed,
+    not full, and the part expects the states the draft leaves the task in.
+    A part's events, journal entries, usage, progress and state change join
+    the draft; a part with any other field (input, run, inbox, result,
+    exception, error, release, discard_run) closes it.
+
+    The draft is one command, and the command is the draft itself (no copy
+    when it is taken): applied or refused as a whole, which is what its
+    parts would each have been (every part expects what the one before it
+    leaves, so a fence or state check that refuses the first would refuse
+    them all).
+    """
+
+    __slots__ = ("_closed", "_leaves", "_outcome", "_taken", "_waiters", "on_outcome")
+
+    events: list[EventLike]
+
+    #: Events after which a draft takes no more (the next part opens a new one).
+    max_events = 4096
+
+    def __init__(
+        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
+    ) -> None:
+        # (journal and usage stay the empty tuple until a part brings some:
+        # most drafts have none, and a list is one more object to collect)
+        super().__init__(task_id, epoch, expect, events=[])
+        self._outcome = _NOT_DONE
+        self._waiters = None
+        self.on_outcome = None
+        self._leaves = expect
+        self._closed = False
+        self._taken = False
+
+    @property
+    def command(self) -> Command:
+        return self
+
+    def accepts(self, expect: frozenset[TaskState] | None) -> bool:
+        """Whether a part that expects these states may join."""
+        return (
+            not self._taken
+            and not self._closed
+            and (expect is self._leaves or expect == self._leaves)
+            and len(self.events) < self.max_events
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether no part was added yet."""
+        return not (
+            self.events or self.journal or self.usage or self.state or self.progress or self._closed
+        )
+
+    def add(
+        self,
+        events: Sequence[EventLike] = (),
+        *,
+        journal: Sequence[JournalWrite] = (),
+        usage: Sequence[UsageRecord] = (),
+        progress: tuple[float, float | None] | None = None,
+        state: TaskState | None = None,
+        **rest: Any,
+    ) -> None:
+        """Append a part (check ``accepts`` first). ``rest``: the TaskWrite
+        fields that close the draft (input, run, inbox_add, release...)."""
+        assert self.accepts(self._leaves)
+        if events:
+            self.events.extend(events)
+        if journal:
+            self.journal = _grown(self.journal, journal)
+        if usage:
+            self.usage = _grown(self.usage, usage)
+        if progress is not None:
+            self.progress = progress
+        if state is not None:
+            self.state = state
+            self._leaves = _ONLY[state]
+        for name, value in rest.items():
+            if value is not None and value != ():
+                assert name not in _OPEN_FIELDS and hasattr(self, name), name
+                setattr(self, name, value)
+                self._closed = True
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled (for the SQLite writer process) as the TaskWrite it is.
+        return (TaskWrite, tuple(getattr(self, field.name) for field in attrs.fields(TaskWrite)))
+
+    def _take(self) -> Command:
+        self._taken = True
+        return self
+
+
+class _Writing:
+    """A job for the worker (``_Worker.submit``); await ``result()`` for
+    what it returned."""
+
+    def __init__(self, fn: Callable[[], list[object]]) -> None:
+        self.fn = fn
+        self._done = trio.Event()
+        self._result: outcome.Outcome[list[object]] | None = None
+
+    def _deliver(self, result: outcome.Outcome[list[object]]) -> None:
+        self._result = result
+        self._done.set()
+
+    async def result(self) -> list[object]:
+        """Wait for what ``fn`` returned, or raise what it raised. Not
+        interruptible: the write goes on anyway, and its writers must learn
+        the truth."""
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
+        assert self._result is not None
+        return self._result.unwrap()
+
+
+class _Worker:
+    """The storage actor's worker thread: runs the jobs submitted, one after
+    another, in the order submitted.
+
+    The thread takes the next job as soon as it is done with one, without
+    going back to trio: a batch decided while the one before it is written
+    starts the moment that one commits (issue #5; going through trio costs
+    a turn of every runnable task, tens of ms after a batch woke thousands
+    of writers). Not ``trio.to_thread.run_sync`` either, whose limiter
+    yields to every runnable task before the thread starts. The thread
+    lives while there is work; trio's thread cache keeps it for the next.
+    """
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._jobs: collections.deque[_Writing] = collections.deque()
+        self._running = False
+
+    def submit(self, fn: Callable[[], list[object]]) -> _Writing:
+        """Queue ``fn()`` behind the jobs submitted before it."""
+        job = _Writing(fn)
+        with self._lock:
+            self._jobs.append(job)
+            if self._running:
+                return job
+            self._running = True
+        trio.lowlevel.start_thread_soon(self._run, _ignore, name="taskactors storage writer")
+        return job
+
+    def _run(self) -> None:
+        # In the worker thread.
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                job = self._jobs.popleft()
+            self._token.run_sync_soon(job._deliver, outcome.capture(job.fn))
+
+
+def _ignore(_: object) -> None:
+    """What the worker thread's own end delivers: nothing (each job delivers its result)."""
+
+
+@attrs.define
+class _Planned:
+    """A batch on its way from the deciding task to the committer."""
+
+    batch: list[PendingWrite]
+    commands: list[Command]
+    #: None: apply it the long way, alone (``alone`` is set when it is done).
+    plan: object
+    now: float
+    alone: trio.Event | None
+    #: The planned batch being written (queued to the worker or sent to
+    #: the writer process).
+    writing: _Writing | SentPlan | None = None
+
+
+class StorageActor:
+    """Owns a backend's write side; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        *,
+        max_batch: int = 4096,
+        max_rows: int = 50_000,
+        threads: bool = True,
+    ) -> None:
+        self._backend = backend
+        self._threaded = backend.blocking and threads
+        self._clock = clock
+        self._max_batch = max_batch
+        self._max_rows = max_rows
+        #: A queue this long or shorter is taken whole.
+        self._min_split = 128
+        self._queue: collections.deque[PendingWrite] = collections.deque()
+        self._urgent: collections.deque[PendingWrite] = collections.deque()
+        self._sleeping: trio.lowlevel.Task | None = None
+        self._listeners: list[CommitListener] = []
+        self._closed = False
+        #: The batches taken from the queue and not yet applied.
+        self._in_hand: list[list[PendingWrite]] = []
+        #: False only while the committer waits for a batch with none in
+        #: hand: then the deciding task starts the next write itself.
+        self._worker: _Worker | None = None
+        #: The backend's writer process, while ``serve`` runs with one.
+        self._process: WriterProcess | None = None
+        self.batches = 0
+        self.writes = 0
+        # Fault injection (actors.testing): fail the next N writes / hang until.
+        self.fail_next = 0
+        self.fail_error: StorageError | None = None
+        self.hang_until: float | None = None
+
+    def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener(events)`` after each batch commits; returns a remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being decided or applied now."""
+        return bool(self._in_hand)
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for a batch."""
+        return len(self._queue) + len(self._urgent)
+
+    def _enqueue(self, pending: PendingWrite, queue: collections.deque[PendingWrite]) -> None:
+        if self._closed:
+            raise StorageClosedError("the store is closed")
+        queue.append(pending)
+        sleeping = self._sleeping
+        if sleeping is not None:
+            self._sleeping = None
+            trio.lowlevel.reschedule(sleeping)
+
+    def submit_nowait(self, command: Command) -> PendingWrite:
+        """Queue a write without waiting.
+
+        Raises:
+            StorageClosedError: the actor is closed.
+        """
+        pending = _QueuedCommand(command)
+        self._enqueue(pending, self._queue)
+        return pending
+
+    def submit_urgent(self, command: Command) -> PendingWrite:
+        """Queue a write ahead of everything waiting (lease renewals)."""
+        pending = _QueuedCommand(command)
+        self._enqueue(pending, self._urgent)
+        return pending
+
+    def open_draft(
+        self, task_id: str, epoch: int | None, expect: frozenset[TaskState] | None
+    ) -> TaskDraft:
+        """Queue an empty TaskDraft for a task; its owner fills it (see TaskDraft).
+
+        Raises:
+            StorageClosedError: the actor is closed.
+        """
+        draft = TaskDraft(task_id, epoch, expect)
+        self._enqueue(draft, self._queue)
+        return draft
+
+    async def execute(self, command: Command) -> object:
+        """Queue a write and wait until its batch is durable; see PendingWrite.wait."""
+        return await self.submit_nowait(command).wait()
+
+    def close_nowait(self) -> None:
+        """Refuse new writes; the writes already queued are still applied."""
+        if not self._closed:
+            self._closed = True
+            sleeping = self._sleeping
+            if sleeping is not None:
+                self._sleeping = None
+                trio.lowlevel.reschedule(sleeping)
+
+    def _next_batch(self) -> list[PendingWrite]:
+        # Half of a long queue when no other batch is in hand, else all of
+        # it. Writers woken by one batch queue their next writes together; a
+        # batch that took them all would leave trio idle while it is written,
+        # then the writer idle while trio wakes them. Two halves take turns
+        # instead: trio handles one while the other is written (issue #5).
+        # Once two batches take turns, each takes what its writers queued.
+        queued = self.queued
+        most = queued if self._in_hand else max(self._min_split, (queued + 1) // 2)
+        most = min(self._max_batch, most)
+        batch: list[PendingWrite] = []
+        rows = 0
+        for queue in (self._urgent, self._queue):
+            while queue and len(batch) < most and rows < self._max_rows:
+                pending = queue.popleft()
+                if isinstance(pending, TaskDraft):
+                    rows += len(pending.events)
+                batch.append(pending)
+        return batch
+
+    async def _sleep(self) -> None:
+        self._sleeping = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._sleeping = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    # KeyboardInterrupt protected: a Ctrl-C that lands while the actor runs
+    # goes to the main task instead, which then closes the store the proper
+    # way (queued writes applied, the node's tasks released). Raised in here,
+    # it killed the actor first, and every write after it was refused.
+    @trio.lowlevel.enable_ki_protection
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply batches until closed and drained. Cancelling it fails what is queued."""
+        task_status.started()
+        try:
+            if self._threaded and isinstance(self._backend, PlanningBackend):
+                opener = getattr(self._backend, "open_writer", None)
+                process = opener() if opener is not None else None
+                if process is None:
+                    await self._serve_pipelined(self._backend)
+                else:
+                    async with process as self._process:
+                        try:
+                            await self._serve_pipelined(self._backend)
+                        finally:
+                            self._process = None
+            else:
+                await self._serve_serially()
+        finally:
+            self._closed = True
+            error = StorageClosedError("the store was closed before this write was applied")
+            for batch in self._in_hand:
+                for pending in batch:
+                    if not pending.done:
+                        pending._resolve(error)
+            self._in_hand.clear()
+            for queue in (self._urgent, self._queue):
+                while queue:
+                    queue.popleft()._resolve(error)
+
+    async def _wait_for_writes(self) -> bool:
+        """Wait until a write is queued; False when closed and drained."""
+        while not (self._queue or self._urgent):
+            if self._closed:
+                return False
+            await self._sleep()
+        return True
+
+    def _take_batch(self) -> list[PendingWrite]:
+        batch = self._next_batch()
+        self._in_hand.append(batch)
+        return batch
+
+    def _done_with(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
+        self._in_hand.remove(batch)
+        self._finish(batch, outcomes)
+
+    async def _serve_serially(self) -> None:
+        """One batch at a time: inline (memory), or in the worker thread."""
+        while await self._wait_for_writes():
+            batch = self._take_batch()
+            commands = [pending._take() for pending in batch]
+            outcomes = await self._outcomes(commands, self._run_backend(commands))
+            self._done_with(batch, outcomes)
+
+    async def _serve_pipelined(self, backend: PlanningBackend) -> None:
+        """Two batches at a time: this task decides the next batch in trio
+        while the committer writes the one before it in the worker thread
+        (issue #5: the worker no longer waits for trio to decide, nor trio
+        for the worker to write). A batch that cannot be planned goes alone:
+        it is applied once the one before it is written, and the next is
+        decided once it is."""
+        send, receive = trio.open_memory_channel[_Planned](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit, receive)
+            async with send:
+                while await self._wait_for_writes():
+                    batch = self._take_batch()
+                    commands = [pending._take() for pending in batch]
+                    now = self._clock.now()
+                    plan = None
+                    if not (self.fail_next or self.hang_until is not None):
+                        plan = backend.plan(commands, now)
+                    alone = None if plan is not None else trio.Event()
+                    item = _Planned(batch, commands, plan, now, alone)
+                    try:
+                        if plan is not None:
+                            await self._decide(backend, plan, commands)
+                            item.writing = await self._start_plan(backend, plan, commands, now)
+                        await send.send(item)
+                    except BaseException:
+                        if item.writing is not None:
+                            # Cancelled with its batch being written: wait
+                            # for it, so its writers learn the truth.
+                            await self._written(item, item.writing)
+                        elif plan is not None:
+                            backend.abandon(plan)  # decided, never to be executed
+                        raise
+                    if alone is not None:
+                        await alone.wait()
+
+    @trio.lowlevel.enable_ki_protection  # (its own task: see serve)
+    async def _commit(self, receive: trio.MemoryReceiveChannel[_Planned]) -> None:
+        """Answer the batches in order, as the worker writes them (a batch
+        that cannot be planned is applied here, alone)."""
+        async with receive:
+            async for item in receive:
+                if item.writing is None:
+                    outcomes = await self._outcomes(item.commands, self._run_backend(item.commands))
+                    self._done_with(item.batch, outcomes)
+                else:
+                    await self._written(item, item.writing)
+                    # A group-commit window, in scheduling rounds: the writers
+                    # just answered take a round or two to queue their next
+                    # writes (a finished task's slot goes to a waiting one,
+                    # which writes a round later). Taking the next batch at
+                    # once would cut their wave in two, and the halves would
+                    # no longer take turns with the other wave (issue #5:
+                    # batches of 150 and 350 instead of 250 and 250, trio
+                    # idle a quarter of the run; 6,300 -> 8,200 tasks/s).
+                    for _ in range(_GROUP_ROUNDS):
+                        await trio.lowlevel.checkpoint()
+                if item.alone is not None:
+                    item.alone.set()
+
+    async def _start_plan(
+        self, backend: PlanningBackend, plan: Any, commands: list[Command], now: float
+    ) -> _Writing | SentPlan:
+        """Start writing a decided plan: in the writer process if there is
+        one, else in the worker thread."""
+        process = self._process
+        if process is not None:
+            return await process.send_plan(plan, commands, now)
+        return self._in_worker(functools.partial(backend.execute_plan, plan, commands, now))
+
+    def _in_worker(self, fn: Callable[[], list[object]]) -> _Writing:
+        if self._worker is None:
+            self._worker = _Worker()
+        return self._worker.submit(fn)
+
+    async def _written(self, item: _Planned, writing: _Writing | SentPlan) -> None:
+        """Wait until a planned batch is written; answer its writers."""
+        self._done_with(item.batch, await self._outcomes(item.commands, writing.result()))
+
+    async def _outcomes(
+        self, commands: list[Command], running: Awaitable[list[object]]
+    ) -> list[object]:
+        """The outcomes of a batch being applied; a failure fails each command."""
+        try:
+            return await running
+        except StorageError as exc:
+            return [exc] * len(commands)
+        except Exception as exc:  # a driver error: the batch is lost, the actor goes on
+            error = BackendUnavailableError(f"batch of {len(commands)} writes failed: {exc!r}")
+            error.__cause__ = exc
+            return [error] * len(commands)
+
+    async def _run_backend(self, commands: list[Command]) -> list[object]:
+        """Apply a batch the long way (injected faults first, if any)."""
+        if self.hang_until is not None:
+            await trio.sleep_until(self.hang_until)
+            self.hang_until = None
+        failed = min(self.fail_next, len(commands))
+        self.fail_next -= failed
+        error = self.fail_error or BackendUnavailableError("injected write failure")
+        outcomes: list[object] = [error] * failed
+        rest = commands[failed:]
+        if rest:
+            now = self._clock.now()
+            if self._process is not None:
+                outcomes.extend(await self._process.apply(rest, now))
+            elif self._threaded:
+                apply = functools.partial(self._backend.apply, rest, now)
+                outcomes.extend(await self._in_worker(apply).result())
+            else:
+                outcomes.extend(self._backend.apply(rest, now))
+        return outcomes
+
+    async def _decide(
+        self, backend: PlanningBackend, plan: object, commands: list[Command]
+    ) -> None:
+        """Decide a plan in slices, letting trio run between them: a batch of
+        thousands of commands never holds the event loop for long. (Cancelled
+        or failed half-way, the caller abandons the plan.)"""
+        for start in range(0, len(commands), _DECIDE_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+            backend.decide(plan, commands[start : start + _DECIDE_SLICE])
+
+    def _finish(self, batch: list[PendingWrite], outcomes: list[object]) -> None:
+        self.batches += 1
+        self.writes += len(batch)
+        if self._listeners:
+            events: list[StoredEvent] = []
+            for outcome in outcomes:
+                if isinstance(outcome, (TaskWriteResult, CreateResult)) and outcome.events:
+                    events.extend(outcome.events)
+            if events:
+                for listener in list(self._listeners):
+                    try:
+                        listener(events)
+                    except Exception:  # a broken listener must not break the store
+                        log.exception("commit listener %r failed", listener)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending._resolve(outcome)

@@ -1,0 +1,7 @@
+"""The in-memory backend: tests and throwaway runs."""
+
+from ._backend import MemoryBackend as MemoryBackend
+
+__all__ = [
+    "MemoryBackend",
+]
