@@ -47,12 +47,16 @@ from ..model._commands import (
     TaskWriteResult,
     UpdateStatus,
 )
-from ..model._errors import (
-    ConflictError,
-    LeaseHeldError,
-    RecordNotFoundError,
-    StaleEpochError,
-    StorageError,
+from ..model._errors import RecordNotFoundError, StorageError
+from ..model._fence import (
+    claimable,
+    decide_claim,
+    decide_compare_and_set,
+    decide_task_write,
+    key_expires_at,
+    key_state_alive,
+    lease_holds,
+    owned_by,
 )
 from ..model._records import (
     ACTIVE_STATES,
@@ -231,16 +235,17 @@ class MemoryBackend:
 
     def _task_write(self, write: TaskWrite, now: float) -> TaskWriteResult:
         record = self._require(write.task_id)
-        if write.epoch is not None and (
-            record.epoch != write.epoch
-            or record.lease_expires is None
-            or record.lease_expires < now
-        ):
-            raise StaleEpochError(record.id, write.epoch, record.epoch)
-        if write.expect is not None and record.state not in write.expect:
-            raise ConflictError(
-                record.id, frozenset(state.value for state in write.expect), record.state.value
-            )
+        refusal = decide_task_write(
+            record.id,
+            record.state,
+            record.epoch,
+            record.lease_expires,
+            write.epoch,
+            write.expect,
+            now,
+        )
+        if refusal is not None:
+            raise refusal
 
         changes: dict[str, Any] = {}
         if write.state is not None:
@@ -306,18 +311,18 @@ class MemoryBackend:
 
     def _claim_task(self, command: ClaimTask, now: float) -> TaskRecord:
         record = self._require(command.task_id)
-        if command.states is not None and record.state not in command.states:
-            raise ConflictError(
-                record.id, frozenset(state.value for state in command.states), record.state.value
-            )
-        if (
-            not command.force
-            and record.owner is not None
-            and record.owner != command.node_id
-            and record.lease_expires is not None
-            and record.lease_expires >= now
-        ):
-            raise LeaseHeldError(record.id, record.owner, record.lease_expires)
+        refusal = decide_claim(
+            record.id,
+            record.state,
+            record.owner,
+            record.lease_expires,
+            command.node_id,
+            command.states,
+            command.force,
+            now,
+        )
+        if refusal is not None:
+            raise refusal
         claimed = attrs.evolve(
             record,
             owner=command.node_id,
@@ -333,7 +338,9 @@ class MemoryBackend:
             self._put(
                 self._nodes, node.node_id, attrs.evolve(node, lease_expires=command.lease_until)
             )
-        owned = [record for record in self._tasks.values() if record.owner == command.node_id]
+        owned = [
+            record for record in self._tasks.values() if owned_by(record.owner, command.node_id)
+        ]
         for record in owned:
             self._put(
                 self._tasks, record.id, attrs.evolve(record, lease_expires=command.lease_until)
@@ -347,7 +354,7 @@ class MemoryBackend:
             candidates = [
                 self._tasks[task_id] for task_id in set(command.task_ids) if task_id in self._tasks
             ]
-        owned = [record for record in candidates if record.owner == command.node_id]
+        owned = [record for record in candidates if owned_by(record.owner, command.node_id)]
         for record in owned:
             self._put(self._tasks, record.id, attrs.evolve(record, owner=None, lease_expires=None))
         return len(owned)
@@ -371,14 +378,13 @@ class MemoryBackend:
         return TaskWriteResult(new, events)
 
     def _set_key_state(self, key: str, state: str, ttl: float | None, now: float) -> None:
-        self._put(self._key_states, key, (state, None if ttl is None else now + ttl))
+        self._put(self._key_states, key, (state, key_expires_at(now, ttl)))
 
     def _compare_and_set_key_state(self, command: CompareAndSetKeyState, now: float) -> bool:
-        current = self.get_key_state(command.key, now)
-        if command.negate:
-            matches = current != command.expected_state
-        else:
-            matches = current == command.expected_state
+        current, expires_at = self._key_states.get(command.key, (None, None))
+        matches = decide_compare_and_set(
+            current, expires_at, now, command.expected_state, command.negate
+        )
         if matches:
             self._set_key_state(command.key, command.new_state, command.ttl, now)
         return matches
@@ -416,12 +422,7 @@ class MemoryBackend:
             record
             for record in self._tasks.values()
             if record.state in ACTIVE_STATES
-            and (
-                record.owner is None
-                or record.owner == node_id
-                or record.lease_expires is None
-                or record.lease_expires < now
-            )
+            and claimable(record.owner, record.lease_expires, node_id, now)
         )
 
     # -- history and results -----------------------------------------------------
@@ -466,9 +467,7 @@ class MemoryBackend:
         if entry is None:
             return None
         state, expires = entry
-        if expires is not None and expires <= now:
-            return None
-        return state
+        return state if key_state_alive(expires, now) else None
 
     def get_workflow_data(self, workflow_id: str, key: str) -> str | None:
         return self._workflow_data.get((workflow_id, key))
@@ -502,6 +501,6 @@ class MemoryBackend:
     def list_nodes(self, now: float) -> list[NodeRecord]:
         """Nodes whose lease holds at now, by start time then id."""
         return sorted(
-            (node for node in self._nodes.values() if node.lease_expires >= now),
+            (node for node in self._nodes.values() if lease_holds(node.lease_expires, now)),
             key=lambda node: (node.started_at, node.node_id),
         )

@@ -1,4 +1,5 @@
-"""The pure storage model: records, commands, errors and the codec. No trio, no I/O."""
+"""The pure storage model: records, commands, errors, the codec and the fence
+decision. No trio, no I/O."""
 
 from ._codec import converter as converter
 from ._codec import decode as decode
@@ -30,6 +31,14 @@ from ._errors import SchemaVersionError as SchemaVersionError
 from ._errors import StaleEpochError as StaleEpochError
 from ._errors import StorageClosedError as StorageClosedError
 from ._errors import StorageError as StorageError
+from ._fence import claimable as claimable
+from ._fence import decide_claim as decide_claim
+from ._fence import decide_compare_and_set as decide_compare_and_set
+from ._fence import decide_task_write as decide_task_write
+from ._fence import key_expires_at as key_expires_at
+from ._fence import key_state_alive as key_state_alive
+from ._fence import lease_holds as lease_holds
+from ._fence import owned_by as owned_by
 from ._records import ACTIVE_STATES as ACTIVE_STATES
 from ._records import INFLIGHT_STATES as INFLIGHT_STATES
 from ._records import TERMINAL_STATES as TERMINAL_STATES
@@ -86,8 +95,16 @@ __all__ = [
     "TaskWriteResult",
     "UpdateStatus",
     "UsageRecord",
+    "claimable",
     "converter",
+    "decide_claim",
+    "decide_compare_and_set",
+    "decide_task_write",
     "decode",
     "encode",
+    "key_expires_at",
+    "key_state_alive",
+    "lease_holds",
+    "owned_by",
     "quote",
 ]

@@ -74,7 +74,14 @@ from ..model._commands import (
     TaskWriteResult,
     UpdateStatus,
 )
-from ..model._errors import ConflictError, LeaseHeldError, RecordNotFoundError, StaleEpochError
+from ..model._errors import RecordNotFoundError
+from ..model._fence import (
+    decide_claim,
+    decide_compare_and_set,
+    decide_task_write,
+    key_expires_at,
+    key_state_alive,
+)
 from ..model._records import (
     TERMINAL_STATES,
     EventLike,
@@ -231,11 +238,16 @@ def select_task(connection: sqlite3.Connection, task_id: str) -> TaskRecord | No
 
 def key_state(connection: sqlite3.Connection, key: str, now: float) -> str | None:
     """The state of key, None if missing or expired at now."""
+    state, expires_at = _key_row(connection, key)
+    return state if key_state_alive(expires_at, now) else None
+
+
+def _key_row(connection: sqlite3.Connection, key: str) -> tuple[str | None, float | None]:
+    """The key's state and expiry as stored, expired or not; (None, None) if missing."""
     row = connection.execute(
-        "SELECT state FROM key_states WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-        (key, now),
+        "SELECT state, expires_at FROM key_states WHERE key = ?", (key,)
     ).fetchone()
-    return None if row is None else str(row[0])
+    return (None, None) if row is None else (str(row[0]), row[1])
 
 
 def task_ids(commands: Iterable[Command]) -> list[str]:
@@ -522,8 +534,10 @@ class WriteBatch:
                 _set_key_state(connection, command.key, command.state, command.ttl, now)
                 return None
             case CompareAndSetKeyState():
-                current = key_state(connection, command.key, now)
-                if (current == command.expected_state) == command.negate:
+                current, expires_at = _key_row(connection, command.key)
+                if not decide_compare_and_set(
+                    current, expires_at, now, command.expected_state, command.negate
+                ):
                     return False
                 _set_key_state(connection, command.key, command.new_state, command.ttl, now)
                 return True
@@ -572,14 +586,11 @@ class WriteBatch:
         task_id = write.task_id
         row = self._require(task_id)
         now = self.now
-        if write.epoch is not None and (
-            write.epoch != row[EPOCH] or row[LEASE] is None or row[LEASE] < now
-        ):
-            raise StaleEpochError(task_id, write.epoch, row[EPOCH])
-        if write.expect is not None and _STATE[row[STATE]] not in write.expect:
-            raise ConflictError(
-                task_id, frozenset(state.value for state in write.expect), row[STATE]
-            )
+        refusal = decide_task_write(
+            task_id, _STATE[row[STATE]], row[EPOCH], row[LEASE], write.epoch, write.expect, now
+        )
+        if refusal is not None:
+            raise refusal
         if not (write.events or write.state is not None or write.changes_anything):
             return TaskWriteResult(TASKS.from_row(row))  # a bare probe of the fence
 
@@ -639,19 +650,18 @@ class WriteBatch:
 
     def _claim_task(self, command: ClaimTask) -> TaskRecord:
         row = self._require(command.task_id)
-        if command.states is not None and _STATE[row[STATE]] not in command.states:
-            raise ConflictError(
-                command.task_id, frozenset(state.value for state in command.states), row[STATE]
-            )
-        owner, lease = row[OWNER], row[LEASE]
-        if (
-            not command.force
-            and owner is not None
-            and owner != command.node_id
-            and lease is not None
-            and lease >= self.now
-        ):
-            raise LeaseHeldError(command.task_id, owner, lease)
+        refusal = decide_claim(
+            command.task_id,
+            _STATE[row[STATE]],
+            row[OWNER],
+            row[LEASE],
+            command.node_id,
+            command.states,
+            command.force,
+            self.now,
+        )
+        if refusal is not None:
+            raise refusal
         row[OWNER] = command.node_id
         row[LEASE] = command.lease_until
         row[EPOCH] += 1
@@ -688,5 +698,5 @@ def _set_key_state(
 ) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO key_states (key, state, expires_at) VALUES (?, ?, ?)",
-        (key, state, None if ttl is None else now + ttl),
+        (key, state, key_expires_at(now, ttl)),
     )
