@@ -586,8 +586,9 @@ class WriteBatch:
         task_id = write.task_id
         row = self._require(task_id)
         now = self.now
+        state = _STATE[row[STATE]]
         refusal = decide_task_write(
-            task_id, _STATE[row[STATE]], row[EPOCH], row[LEASE], write.epoch, write.expect, now
+            task_id, state, row[EPOCH], row[LEASE], write.epoch, write.expect, now
         )
         if refusal is not None:
             raise refusal
@@ -598,7 +599,8 @@ class WriteBatch:
         events = self._append_events(task_id, row, write.events)
         row[UPDATED] = now
         if write.state is not None:
-            row[STATE] = write.state.value
+            state = write.state
+            row[STATE] = state.value
         if write.input is not None:
             row[INPUT] = write.input
         if write.run is not None:
@@ -635,7 +637,6 @@ class WriteBatch:
         # A usage report belongs to the task the write names, whatever it says.
         for usage in write.usage:
             self.usage.append((task_id, *USAGE.to_row(usage)[1:]))
-        state = _STATE[row[STATE]]
         return TaskWriteResult.of_row(tuple(row), _READ_TASK, state, row[OWNER], events, inbox_ids)
 
     def _inbox(self, write: TaskWrite) -> tuple[int, ...]:
