@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench soak clean
+.PHONY: test lint docs demo bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check actors storage tests bench
 	$(BIN)/ruff format --check actors storage tests bench
 	$(BIN)/mypy
+
+# The API reference, from the docstrings, in docs/_build/html; a warning
+# fails the build (tests/test_docs.py builds it in make test too).
+docs: $(STAMP)
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
