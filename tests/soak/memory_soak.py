@@ -157,6 +157,10 @@ async def run(
     allowed = max(tolerance, after_warmup // 20)
     steady = samples[warmup:]
     per_round = (end - after_warmup) / max(1, len(steady))
+    # The second half of the steady rounds alone: a cache filling up slows
+    # down there, a leak does not.
+    half = steady[len(steady) // 2 :]
+    half_per_round = (half[-1] - half[0]) / max(1, len(half) - 1)
     levelled = end - after_warmup <= allowed
     return {
         "scenario": "serve_memory_under_fuzz",
@@ -171,6 +175,7 @@ async def run(
         "rss_max_mib": round(max(samples) / MIB, 2),
         "growth_after_warmup_mib": round((end - after_warmup) / MIB, 2),
         "growth_per_round_kib": round(per_round / 1024, 1),
+        "growth_per_round_last_half_kib": round(half_per_round / 1024, 1),
         "allowed_mib": round(allowed / MIB, 2),
         "hostile_reply_problems": totals["problems"],
         "b_tasks_failed": totals["b_failed"],
