@@ -33,8 +33,13 @@ bench: $(STAMP)
 
 # The seeded simulation over many more seeds than `make test` runs (200).
 SEEDS ?= 5000
+# Then (issue #17) SIGKILL torture, embedded and served; RSS under fuzz; the hostile fuzz, long.
 soak: $(STAMP)
 	$(BIN)/python -c "import sys, actors.testing as t; sys.exit(t.soak(range(1000, 1000 + $(SEEDS))) > 0)"
+	timeout 600 $(BIN)/python -m tests.soak.torture_sqlite --tasks 40 --kills 20
+	timeout 600 $(BIN)/python -m tests.soak.torture_server --tasks 40 --kills 10
+	timeout 900 $(BIN)/python -m tests.soak.memory_soak --rounds 20 --warmup 10
+	TASKACTORS_FUZZ_FRAMES=20000 TASKACTORS_FUZZ_TASKS=100 timeout 600 $(BIN)/pytest -q tests/actors/test_hostile.py
 
 clean:
 	rm -rf $(VENV)
