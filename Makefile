@@ -15,6 +15,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check actors storage tests bench
 	$(BIN)/ruff format --check actors storage tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/pytest -q tests/test_layout.py
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
