@@ -15,6 +15,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check actors storage tests bench
 	$(BIN)/ruff format --check actors storage tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/pytest -q tests/test_layout.py
 
 # The API reference, from the docstrings, in docs/_build/html; a warning
 # fails the build (tests/test_docs.py builds it in make test too).

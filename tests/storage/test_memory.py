@@ -7,12 +7,10 @@ from typing import Any
 import pytest
 
 import storage
-from storage import CreateTask, NewEvent, TaskRecord, TaskState, TaskWrite
+from storage import CreateTask, NewEvent, TaskState, TaskWrite
 from storage.memory._backend import MemoryBackend
 
-
-def make_task(task_id: str) -> TaskRecord:
-    return TaskRecord(task_id, "job", TaskState.PENDING, "{}", created_at=1.0, updated_at=1.0)
+from .factories import make_task
 
 
 def test_a_failed_batch_applies_nothing() -> None:

@@ -1,6 +1,6 @@
 """What only the SQLite backend has: a file, a schema version, locks, threads.
 
-The behaviour every backend shares is in ``test_contract.py``; these tests
+The behaviour every backend shares is in ``contract/``; these tests
 check the SQLite side of it: pragmas, migrations, error mapping at the
 boundary, group commit atomicity, and readers that do not wait for the writer.
 """
@@ -45,20 +45,9 @@ from storage.sqlite._backend import SQLiteBackend
 from storage.sqlite._commands import WriteBatch
 from storage.sqlite._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
+from .factories import make_task
+
 NOW = 1_000.0
-
-
-def make_task(task_id: str, *, thread_id: str | None = None) -> TaskRecord:
-    return TaskRecord(
-        id=task_id,
-        name="job",
-        state=TaskState.PENDING,
-        input='{"n":1}',
-        created_at=NOW,
-        updated_at=NOW,
-        thread_id=thread_id,
-        root_id=task_id,
-    )
 
 
 @pytest.fixture
