@@ -26,7 +26,6 @@ POINTS: tuple[Point, ...] = ("before_step", "after_body", "after_store")
 
 #: Awaited with (point, task_id, step name, journal index) at every step point.
 StepObserver = Callable[[Point, str, str, int], Awaitable[None]]
-Observer = StepObserver  # (its former name)
 
 
 async def notify_steps(

@@ -465,36 +465,3 @@ class Node:
                 await self._scan()
             except storage.StorageError:
                 log.exception("could not scan for tasks to own")
-
-    async def _serve(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        remove_listener = self.store.add_commit_listener(self.hub.publish)
-        try:
-            await self.store.register_node(self.node_id, self.lease, {"kind": "taskactors"})
-            await self._look_for_others()
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._context = contextvars.copy_context()
-                await self._scan()
-                nursery.start_soon(self._renew_loop)
-                nursery.start_soon(self._scan_loop)
-                task_status.started()
-                await self._closed.wait()
-                self._closing = True
-                nursery.cancel_scope.cancel()
-        finally:
-            self._closing = True
-            remove_listener()
-            self.hub.close()
-            if not self._aborted:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self.store.release_tasks(self.node_id)
-                        await self.store.remove_node(self.node_id)
-                    except storage.StorageError:
-                        log.exception("could not release this node's tasks on close")
-
-    def _close(self) -> None:
-        self._closing = True
-        self._closed.set()

@@ -15,9 +15,11 @@ this node holds already.
 from __future__ import annotations
 
 import builtins
+import contextvars
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -56,9 +58,14 @@ from ._app import App
 from ._events import AllEventsStream, EventStream, wait_or_poll
 from ._fast import STATES, pending_data
 from ._ids import default_node_id, new_task_id
-from ._node import Node, log
+from ._node import Node
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
 
 __all__ = ["Runtime", "default_node_id", "new_task_id", "open_runtime"]
+
+log = logging.getLogger("taskactors.runtime")
 
 S = TaskState
 
@@ -498,6 +505,46 @@ class Runtime(Node):
                 pass
             except Exception:
                 log.exception("task %s: could not cancel child %s", task_id, child.id)
+
+    # -- its life: open_runtime ------------------------------------------------------
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        remove_listener = self.store.add_commit_listener(self.hub.publish)
+        try:
+            await self.store.register_node(self.node_id, self.lease, {"kind": "taskactors"})
+            await self._look_for_others()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._context = contextvars.copy_context()
+                await self._scan()
+                nursery.start_soon(self._renew_loop)
+                nursery.start_soon(self._scan_loop)
+                task_status.started()
+                await self._closed.wait()
+                self._closing = True
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closing = True
+            remove_listener()
+            self.hub.close()
+            if not self._aborted:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.store.release_tasks(self.node_id)
+                        await self.store.remove_node(self.node_id)
+                    except storage.StorageError:
+                        log.exception("could not release this node's tasks on close")
+
+    def _close(self) -> None:
+        self._closing = True
+        self._closed.set()
+
+
+if TYPE_CHECKING:
+
+    def _a_runtime_is_a_supervisor(runtime: Runtime) -> Supervisor:
+        return runtime  # (checked by mypy: the actors see a Runtime as one)
 
 
 @asynccontextmanager
