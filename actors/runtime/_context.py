@@ -331,7 +331,7 @@ class TaskContext:
         if observed:
             await notify_steps(runtime.step_observers, "before_step", self.task_id, name, index)
         attempt = 0
-        while True:
+        while True:  # (the body and its retries, inline: one coroutine less per step)
             attempt += 1
             if actor.heartbeat_scope is not None:
                 self.heartbeat()
