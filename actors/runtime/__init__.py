@@ -7,9 +7,9 @@ from ._context import TaskData as TaskData
 from ._events import AllEventsStream as AllEventsStream
 from ._events import EventStream as EventStream
 from ._faults import CrashPoint as CrashPoint
+from ._ids import default_node_id as default_node_id
+from ._ids import new_task_id as new_task_id
 from ._runtime import Runtime as Runtime
-from ._runtime import default_node_id as default_node_id
-from ._runtime import new_task_id as new_task_id
 from ._runtime import open_runtime as open_runtime
 
 __all__ = [

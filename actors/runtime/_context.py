@@ -30,39 +30,118 @@ from __future__ import annotations
 import functools
 import inspect
 import random as random_module
-import types
 import uuid as uuid_module
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import trio
 
-from storage import decode, encode, on_virtual_time, quote
+from storage import EventLike, TaskDraft, TaskRecord, decode, encode, on_virtual_time
 
 from ..core._errors import NonDeterminismError, TaskFailed
 from ..core._info import TaskInfo
 from ..core._messages import Request
+from ._fast import EXACT_JSON, KIND, MARK, NAME, VALUE, Entry, is_async, step_data
+from ._faults import notify_steps
 
 if TYPE_CHECKING:
-    from ._actor import TaskActor
+    from storage import Clock, Store
+
+    from ._supervisor import Supervisor
 
 T = TypeVar("T")
 
-#: Journal kind of the marker left where a run was suspended (pause, ask): a
-#: later run replays quietly up to it (emit/progress are not repeated).
-MARK = "mark"
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
 
-#: A journal entry as a task actor keeps it: (kind, name, value, run), the
-#: value as JSON text; read with the positions below. A plain tuple of
-#: strings and an int: the collector stops tracking it at its first pass,
-#: where a named tuple stays tracked as long as the actor lives (an actor
-#: holds one per durable call; issue #5).
-Entry = tuple[str, str, str, int]
-KIND: Final = 0
-NAME: Final = 1
-VALUE: Final = 2
-RUN: Final = 3
+class RunHost(Protocol):
+    """What a TaskContext needs of its task actor (``TaskActor`` is one).
+
+    Every call names the run it comes from by the run's cancel scope: the
+    actor ignores (or stops) a run that was ended.
+    """
+
+    task_id: str
+    journal: dict[int, Entry]
+    journal_end: int
+    #: Whether a PAUSE waits for the run's next safe point.
+    pause_requested: bool
+    #: The scope a heartbeat pushes back (None: no heartbeat_timeout).
+    heartbeat_scope: trio.CancelScope | None
+
+    @property
+    def runtime(self) -> Supervisor: ...
+    @property
+    def spec(self) -> _Named: ...
+    @property
+    def record(self) -> TaskRecord: ...
+    @property
+    def root_id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def clock(self) -> Clock: ...
+
+    def latest_checkpoint_index(self) -> int | None: ...
+    def latest_checkpoint(self) -> Any: ...
+    async def safe_point(self, scope: trio.CancelScope, cursor: int) -> None: ...
+    def emit_nowait(self, scope: trio.CancelScope, kind: str, data: Any) -> None: ...
+    def emit_text_nowait(self, scope: trio.CancelScope, kind: str, text: str) -> None: ...
+    def progress_nowait(
+        self, scope: trio.CancelScope, done: float, total: float | None
+    ) -> None: ...
+    def usage_nowait(
+        self,
+        scope: trio.CancelScope,
+        key: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        caller: str | None,
+    ) -> None: ...
+    def record_nowait(
+        self, scope: trio.CancelScope, index: int, kind: str, name: str, value: str
+    ) -> None: ...
+    async def record_entry(
+        self,
+        scope: trio.CancelScope,
+        run: int,
+        index: int,
+        kind: str,
+        name: str,
+        value: str,
+        events: Sequence[tuple[str, Any]] = (),
+    ) -> None: ...
+    def record_draft(
+        self,
+        scope: trio.CancelScope,
+        run: int,
+        index: int,
+        kind: str,
+        name: str,
+        value: str,
+        events: Sequence[EventLike],
+    ) -> TaskDraft | None: ...
+    def recorded(
+        self, draft: TaskDraft, run: int, index: int, kind: str, name: str, value: str
+    ) -> None: ...
+    async def dead_run(self) -> NoReturn: ...
+    async def answer_or_suspend(
+        self, scope: trio.CancelScope, index: int, name: str, question: Any, auth: bool
+    ) -> Any: ...
+    def heartbeat(self) -> None: ...
+    async def spawn_child(
+        self,
+        child_id: str,
+        name: str,
+        input: Any,
+        metadata: dict[str, Any] | None,
+        strategy: str | None,
+    ) -> TaskInfo: ...
+    async def join(self, task_id: str) -> dict[str, Any]: ...
 
 
 #: Event kinds the runtime writes; ``ctx.emit`` may not use them.
@@ -91,7 +170,7 @@ class TaskData:
 
     __slots__ = ("_actor",)
 
-    def __init__(self, actor: TaskActor) -> None:
+    def __init__(self, actor: RunHost) -> None:
         self._actor = actor
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -120,7 +199,7 @@ class TaskContext:
     )
 
     def __init__(
-        self, actor: TaskActor, request: Request, attempt: int, scope: trio.CancelScope
+        self, actor: RunHost, request: Request, attempt: int, scope: trio.CancelScope
     ) -> None:
         self._actor = actor
         self.request = request
@@ -239,66 +318,77 @@ class TaskContext:
             TypeError: fn's result is not JSON-serializable.
         """
         actor = self._actor
-        if actor._pause_requested:
-            await actor.safe_point(self)
+        if actor.pause_requested:
+            await actor.safe_point(self._scope, self._cursor)
         index, entry = self._next("step", name)
         if entry is not None:
             await trio.lowlevel.checkpoint()  # a replay is a cancel point too
             return decode(entry[VALUE])
-        # The runtime's own events are built by hand (an encoder costs more).
-        where = f'{{"name":{quote(name)},"index":{index}}}'
-        actor.emit_text_nowait(self, "step_started", where)
+        where = step_data(name, index)
+        actor.emit_text_nowait(self._scope, "step_started", where)
         runtime = actor.runtime
-        # Fault points cost a truth test unless a test armed one.
-        armed = runtime._faults_armed
-        if armed:
-            await runtime._fault_point("before_step", self.task_id, name, index)
+        observed = runtime.step_observers  # (empty: one truth test per point)
+        if observed:
+            await notify_steps(runtime.step_observers, "before_step", self.task_id, name, index)
         attempt = 0
-        while True:
+        while True:  # (the body and its retries, inline: one coroutine less per step)
             attempt += 1
-            if actor._hb_scope is not None:
+            if actor.heartbeat_scope is not None:
                 self.heartbeat()
             try:
-                if _is_async(fn):
+                if is_async(fn):
                     value = await fn(*args)
                 else:
                     value = await _call_sync(fn, *args)
             except Exception as exc:
-                will_retry = attempt <= retries
-                self._actor.emit_nowait(
-                    self,
-                    "step_failed",
-                    {
-                        "name": name,
-                        "index": index,
-                        "attempt": attempt,
-                        "error": f"{type(exc).__qualname__}: {exc}",
-                        "will_retry": will_retry,
-                    },
-                )
-                if not will_retry:
+                if not self._step_failed(name, index, attempt, exc, retries):
                     raise
                 await trio.sleep(backoff * 2 ** (attempt - 1))
                 continue
             break
+        text = self._step_text(name, value)
+        if observed:
+            await notify_steps(runtime.step_observers, "after_body", self.task_id, name, index)
+        # record_entry, inline: a waiting step holds two coroutines less.
+        run = self.request.run
+        completed = (("step_completed", where),)
+        draft = actor.record_draft(self._scope, run, index, "step", name, text, completed)
+        if draft is None:
+            await actor.dead_run()
+        await draft.wait_quietly()
+        actor.recorded(draft, run, index, "step", name, text)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if observed:
+            await notify_steps(runtime.step_observers, "after_store", self.task_id, name, index)
+        if actor.pause_requested:
+            await actor.safe_point(self._scope, self._cursor)
+        return value if type(value) in EXACT_JSON else decode(text)
+
+    def _step_failed(
+        self, name: str, index: int, attempt: int, error: Exception, retries: int
+    ) -> bool:
+        """Record that a step's body raised; whether the step tries again."""
+        will_retry = attempt <= retries
+        data = {
+            "name": name,
+            "index": index,
+            "attempt": attempt,
+            "error": f"{type(error).__qualname__}: {error}",
+            "will_retry": will_retry,
+        }
+        self._actor.emit_nowait(self._scope, "step_failed", data)
+        return will_retry
+
+    def _step_text(self, name: str, value: Any) -> str:
+        """A step's result as the JSON text to store.
+
+        Raises:
+            TypeError: the result is not JSON-serializable.
+        """
         try:
-            text = encode(value)
+            return encode(value)
         except TypeError as exc:
             raise TypeError(f"step {name!r} of task {self.task_id}: {exc}") from None
-        if armed:
-            await runtime._fault_point("after_body", self.task_id, name, index)
-        # record_entry, inline: a waiting step holds two coroutines less.
-        draft = actor.record_draft(self, index, "step", name, text, (("step_completed", where),))
-        if draft is None:
-            await actor._dead_run()
-        await draft.wait_quietly()
-        actor.recorded(self, draft, index, "step", name, text)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if armed:
-            await runtime._fault_point("after_store", self.task_id, name, index)
-        if actor._pause_requested:
-            await actor.safe_point(self)
-        return value if type(value) in _EXACT_JSON else decode(text)
 
     async def checkpoint(self, state: Any) -> None:
         """Store a snapshot of the handler's own state; ``ctx.state`` returns it.
@@ -306,14 +396,15 @@ class TaskContext:
         A safe point. On a later run ``ctx.state`` starts as the latest
         checkpoint, so a handler can resume from it.
         """
-        await self._actor.safe_point(self)
+        await self._actor.safe_point(self._scope, self._cursor)
         index, entry = self._next("checkpoint", "checkpoint")
         if entry is not None:
             self._state = decode(entry[VALUE])
             return
         text = encode(state)
         await self._actor.record_entry(
-            self,
+            self._scope,
+            self.request.run,
             index,
             "checkpoint",
             "checkpoint",
@@ -321,7 +412,7 @@ class TaskContext:
             events=(("checkpoint", {"index": index}),),
         )
         self._state = decode(text)
-        await self._actor.safe_point(self)
+        await self._actor.safe_point(self._scope, self._cursor)
 
     async def ask(self, question: Any = None, *, auth: bool = False) -> Any:
         """Wait for the next Request and return its input.
@@ -332,19 +423,19 @@ class TaskContext:
         stays in memory) and the next Request resumes it: this call then
         returns that Request's input. A safe point.
         """
-        await self._actor.safe_point(self)
+        await self._actor.safe_point(self._scope, self._cursor)
         name = "auth" if auth else "input"
         index, entry = self._next("ask", name)
         if entry is not None:
             return decode(entry[VALUE])
-        return await self._actor.answer_or_suspend(self, index, name, question, auth)
+        return await self._actor.answer_or_suspend(self._scope, index, name, question, auth)
 
     def _value(self, name: str, make: Callable[[], Any]) -> Any:
         index, entry = self._next("value", name)
         if entry is not None:
             return decode(entry[VALUE])
         text = encode(make())
-        self._actor.record_nowait(self, index, "value", name, text)
+        self._actor.record_nowait(self._scope, index, "value", name, text)
         return decode(text)
 
     def now(self) -> float:
@@ -378,7 +469,8 @@ class TaskContext:
         info = await self._actor.spawn_child(child_id, name, input, metadata, strategy)
         if entry is None:
             await self._actor.record_entry(
-                self,
+                self._scope,
+                self.request.run,
                 index,
                 "spawn",
                 name,
@@ -396,7 +488,9 @@ class TaskContext:
         index, entry = self._next("join", task_id)
         if entry is None:
             outcome = await self._actor.join(task_id)
-            await self._actor.record_entry(self, index, "join", task_id, encode(outcome))
+            await self._actor.record_entry(
+                self._scope, self.request.run, index, "join", task_id, encode(outcome)
+            )
         else:
             outcome = decode(entry[VALUE])
         if "error" in outcome:
@@ -415,12 +509,12 @@ class TaskContext:
         if kind in RESERVED_KINDS or not kind:
             raise ValueError(f"event kind {kind!r} is reserved by the runtime")
         if not self.replaying:
-            self._actor.emit_nowait(self, kind, data)
+            self._actor.emit_nowait(self._scope, kind, data)
 
     def progress(self, done: float, total: float | None = None) -> None:
         """Report progress (shown in TaskInfo.progress and as a progress event)."""
         if not self.replaying:
-            self._actor.progress_nowait(self, done, total)
+            self._actor.progress_nowait(self._scope, done, total)
 
     def usage(
         self,
@@ -442,23 +536,11 @@ class TaskContext:
             self._usage_count = 0
         key = f"{self._cursor}:{self._usage_count}"
         self._usage_count += 1
-        self._actor.usage_nowait(self, key, model, input_tokens, output_tokens, caller)
+        self._actor.usage_nowait(self._scope, key, model, input_tokens, output_tokens, caller)
 
     def heartbeat(self) -> None:
         """Tell the runtime the run is alive (pushes back heartbeat_timeout)."""
         self._actor.heartbeat()
-
-
-#: Types whose value is its own JSON round trip (a step returns the stored form).
-_EXACT_JSON = frozenset({str, int, float, bool, type(None)})
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    if type(fn) is types.FunctionType:  # the usual case, without inspect's unwrapping
-        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )
 
 
 async def _call_sync(fn: Callable[..., Any], *args: Any) -> Any:

@@ -1,35 +1,25 @@
-"""The runtime: open_runtime(app, store=...) and the Runtime API.
+"""Runtime: the API an embedding application calls, and open_runtime.
 
 Theory of operation
 -------------------
-The runtime is a node: it registers itself in the store, renews its lease
-and its tasks' leases on trio's clock, and scans for tasks it may own (its
-own after a restart, unowned ones, and those of nodes whose lease expired),
-claiming each (the epoch grows) and starting its actor. Every actor lives in
-the runtime's nursery; the table ``_actors`` maps task ids to live actors.
-
-A message for a task (send, signal, cancel) goes to its live actor, or
-revives it: claim, read its journal and inbox, start an actor, deliver. A
-finished task has no actor: the lifecycle answers for it directly.
-
-Leaving ``open_runtime`` cancels every actor (a running task stays
-``running`` in the store: its journal is its checkpoint), releases this
-node's leases so the next open resumes them at once, and closes the store if
-the runtime opened it.
+``Runtime`` is a ``Node`` (``_node``: the node duties and the table of
+actors) with the public API on top. Submitting records a task as pending
+durably, then starts its actor (or, under max_running, queues it). A
+message for a task (send, signal, cancel) goes to its live actor, which
+handles it under its lock, or revives it; a finished task has no actor: the
+lifecycle answers for it directly. A cancel of a task another live node
+runs is an unfenced compare-and-set. Reads go to the store, but for what
+this node holds already.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import contextvars
 import logging
-import os
-import socket
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -37,20 +27,17 @@ import storage
 from storage import (
     INFLIGHT_STATES,
     TERMINAL_STATES,
-    ClaimTask,
     ConflictError,
     CreateResult,
     CreateTask,
     LeaseHeldError,
     NewEvent,
-    RecordNotFoundError,
     Store,
     TaskRecord,
     TaskState,
     TaskWrite,
     decode,
     encode,
-    quote,
 )
 
 from ..core._errors import (
@@ -66,120 +53,25 @@ from ..core._errors import (
 from ..core._info import TaskEvent, TaskInfo
 from ..core._lifecycle import Command, Strategy, on_request, transition
 from ..core._messages import CancelTask, Message, SendInput, SendSignal, Signal
-from ._actor import ActorGone, TaskActor
+from ._actor import ActorGone
 from ._app import App
-from ._events import AllEventsStream, EventHub, EventStream, wait_or_poll
-from ._faults import CrashPoint, Observer, Point
-from ._slots import RunSlots
+from ._events import AllEventsStream, EventStream, wait_or_poll
+from ._fast import STATES, pending_data
+from ._ids import default_node_id, new_task_id
+from ._node import Node
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["Runtime", "default_node_id", "new_task_id", "open_runtime"]
 
 log = logging.getLogger("taskactors.runtime")
 
 S = TaskState
-#: Tasks claimed and started together by a scan. Large: the actors of one
-#: chunk run (and write) while the next chunk is claimed, and each chunk
-#: after the first waited behind them (issue #5, scenario f: 10,000 tasks
-#: resumed in 2.6-3.0 s with chunks of 2,000, 1.5-1.7 s with one chunk).
-_SCAN_CHUNK = 10_000
 
 
-def default_node_id() -> str:
-    """The node id of a runtime opened without one: ``<host name>-<pid>``.
-
-    Distinct for every process: a node scans for the tasks it owns and takes
-    them back at once (what a restarted node with a stable id wants), so two
-    live processes with one id, two workers of a web server say, would take
-    each other's running tasks at every scan and run their steps twice at
-    the same time. A process that crashed leaves its tasks leased; the next
-    node resumes them when their leases run out (``lease``); a clean close
-    releases them at once.
-    """
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def new_task_id() -> str:
-    """A fresh task id: 32 hex digits of a UUIDv7 (RFC 9562).
-
-    Its first 48 bits are the wall clock in milliseconds, so ids sort by
-    creation time; the store's indexes keyed by task id (events, journal)
-    then take the rows of tasks made together side by side, which makes a
-    batch of writes touch a few pages instead of one per task (issue #5).
-    """
-    global _random, _random_at
-    if _random_at >= len(_random):
-        # One call to the OS for 512 ids (a call per id cost 2% of scenario a).
-        _random, _random_at = os.urandom(10 * 512), 0
-    bits = int.from_bytes(_random[_random_at : _random_at + 10])
-    _random_at += 10
-    value = (time.time_ns() // 1_000_000) << 80 | bits
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
-    return f"{value:032x}"
-
-
-#: Random bytes for the next ids (10 each), and where the next id's start.
-_random = b""
-_random_at = 0
-
-
-def _forget_random() -> None:
-    # A forked child must not give the ids its parent gives.
-    global _random
-    _random = b""
-
-
-os.register_at_fork(after_in_child=_forget_random)
-
-
-#: A state's value -> the state (a lookup, where TaskState(value) is a call).
-_STATES = {state.value: state for state in TaskState}
-
-
-class Runtime:
+class Runtime(Node):
     """A running taskactors node. Made by ``open_runtime``."""
-
-    def __init__(
-        self,
-        app: App,
-        store: Store,
-        *,
-        node_id: str,
-        lease: float,
-        max_running: int | None,
-        subscriber_buffer: int,
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.node_id = node_id
-        self.lease = lease
-        self.hub = EventHub(subscriber_buffer)
-        #: The bound of max_running (None: unbounded); see RunSlots.
-        self._slots = (
-            RunSlots(max_running, self._start_waiting) if max_running is not None else None
-        )
-        self._actors: dict[str, TaskActor] = {}
-        self._starting: dict[str, trio.Event] = {}
-        #: Tasks in flight whose handler is not registered here (id -> record).
-        self.orphaned: dict[str, TaskRecord] = {}
-        self._nursery: trio.Nursery | None = None
-        #: What every actor's task starts from: a copy of the context the
-        #: runtime was opened in (see ``_start_actor``).
-        self._context: contextvars.Context | None = None
-        #: Whether other processes may commit to this store (unheard here).
-        #: A backend that does not say is taken to be shared: its waits then
-        #: also read the store now and then, rather than hang.
-        self._shared = bool(getattr(store.backend, "shared", True))
-        #: Whether another live node was registered on the store at the last
-        #: look (at open, then at each scan): only then can a task's commits
-        #: be made where this node does not hear them.
-        self._others = False
-        self._closing = False
-        self._closed = trio.Event()
-        #: Off while a test makes this node look hung (actors.testing.stop_heartbeats).
-        self._renewing = True
-        #: Fault injection (actors.testing): armed crash points and step observers.
-        self._crash_points: builtins.list[CrashPoint] = []
-        self._observers: builtins.list[Observer] = []
-        self._crashed = False
 
     # -- submitting ----------------------------------------------------------
     async def submit(
@@ -224,7 +116,7 @@ class Runtime:
         async with self._starting_guard(record.id):
             return self._started(await self.store.put_task(record, (event,)), user_id)
 
-    async def _submit_child(
+    async def submit_child(
         self,
         name: str,
         input: Any,
@@ -237,7 +129,7 @@ class Runtime:
         parent_id: str,
         root_id: str,
     ) -> TaskInfo:
-        """``submit`` of a child task (ctx.spawn): listed under its parent."""
+        """``submit`` of a child task (for ``ctx.spawn``): listed under its parent."""
         record, event = self._new_task(
             name, input, task_id, user_id, thread_id, metadata, strategy, parent_id, root_id
         )
@@ -279,8 +171,7 @@ class Runtime:
             epoch=1,
             last_seq=1,  # its first event's (the store then keeps this very record)
         )
-        # (hand-built: the runtime's own events need no encoder)
-        return record, NewEvent("state", f'{{"to":"pending","name":{quote(name)}}}')
+        return record, NewEvent("state", pending_data(name))
 
     def _started(self, result: CreateResult, user_id: str | None) -> TaskInfo:
         """Start the actor of a task just created, or answer for the existing one."""
@@ -291,17 +182,6 @@ class Runtime:
             return TaskInfo.from_record(existing)
         self._start_fresh(result.record)
         return TaskInfo.from_record(result.record)
-
-    def _start_fresh(self, record: TaskRecord) -> None:
-        """Start the actor of a task that never ran (pending, no journal, no
-        inbox), or, under max_running with no slot free, queue its record."""
-        slots = self._slots
-        if slots is None:
-            self._start_actor(record, (), ())
-        elif slots.take_nowait():
-            self._start_actor(record, (), ()).holds_slot = True
-        else:
-            slots.waiting[record.id] = record  # no actor until a slot frees
 
     # -- messages ------------------------------------------------------------
     async def send(self, task_id: str, input: Any, *, user_id: str | None = None) -> TaskInfo:
@@ -414,55 +294,10 @@ class Runtime:
             except ConflictError:
                 continue
             await self.store.publish_event(f"taskactors.cancel.{task_id}", reason or "")
-            await self._cancel_children(task_id)
+            await self.cancel_children(task_id)
             return TaskInfo.from_record(result.record)
 
     # -- reading ---------------------------------------------------------------
-    async def _load(self, task_id: str, user_id: str | None) -> TaskRecord:
-        self._check_open()
-        record = await self.store.get_task(task_id)
-        if record is None or (user_id is not None and record.user_id != user_id):
-            raise TaskNotFound(task_id)
-        return record
-
-    def _remote(self, task_id: str) -> bool:
-        """Whether the task's commits may be made where this node does not
-        hear them: the store is shared with other processes, another live
-        node was seen on it, and no actor here runs the task nor waits for a
-        run slot. A wait on such a task reads it again every REMOTE_POLL
-        seconds."""
-        return (
-            self._shared
-            and self._others
-            and not (
-                task_id in self._actors
-                or (self._slots is not None and task_id in self._slots.waiting)
-            )
-        )
-
-    async def _look_for_others(self) -> None:
-        """Note whether another live node shares the store (see ``_remote``):
-        a process alone on its store polls nothing."""
-        if self._shared:
-            nodes = await self.store.list_nodes()
-            others = any(node.node_id != self.node_id for node in nodes)
-            if others and not self._others:
-                self.hub.wake_all()  # the waits on tasks run elsewhere start to poll
-            self._others = others
-
-    def _held_record(self, task_id: str, user_id: str | None) -> TaskRecord | None:
-        """The task as this node holds it (committed: its actor's last write,
-        or the record of a task waiting for a run slot), if it does and the
-        user may see it; None to read it from the store."""
-        self._check_open()
-        actor = self._actors.get(task_id)
-        record = actor.record if actor is not None else None
-        if record is None and self._slots is not None:
-            record = self._slots.waiting.get(task_id)
-        if record is None or (user_id is not None and record.user_id != user_id):
-            return None
-        return record
-
     async def get(self, task_id: str, *, user_id: str | None = None) -> TaskInfo:
         """The task's current info.
 
@@ -594,7 +429,7 @@ class Runtime:
             while True:
                 for seq, value in watch.take():
                     if seq > after:
-                        state = _STATES[value]
+                        state = STATES[value]
                         if state in wanted:
                             return state, watch.result
                         if state.terminal:
@@ -653,102 +488,15 @@ class Runtime:
         actor, orphaned tasks, store batches and writes, watches."""
         return {
             "actors": len(self._actors),
-            "waiting": len(self._slots.waiting) if self._slots is not None else 0,
+            "waiting": len(self.run_slots.waiting) if self.run_slots is not None else 0,
             "orphaned": len(self.orphaned),
             **self.store.statistics(),
             **self.hub.statistics(),
         }
 
-    # -- actors ------------------------------------------------------------------
-    @asynccontextmanager
-    async def _starting_guard(self, task_id: str) -> AsyncIterator[None]:
-        while task_id in self._starting:
-            await self._starting[task_id].wait()
-        event = trio.Event()
-        self._starting[task_id] = event
-        try:
-            yield
-        finally:
-            del self._starting[task_id]
-            event.set()
-
-    async def _actor_for(self, task_id: str) -> TaskActor | None:
-        """The live actor of a task, reviving it if needed; None if it is finished.
-
-        Raises:
-            LeaseHeldError: another live node owns the task.
-        """
-        while True:
-            actor = self._actors.get(task_id)
-            if actor is not None:
-                return actor
-            if self._slots is not None and task_id in self._slots.waiting:
-                # Waiting for a slot, without an actor: it gets one for the
-                # message now (its run, if any, still waits for a slot).
-                return self._start_actor(self._slots.waiting.pop(task_id), (), ())
-            if task_id in self._starting:
-                await self._starting[task_id].wait()
-                continue
-            async with self._starting_guard(task_id):
-                return await self._revive(task_id)
-
-    async def _revive(self, task_id: str) -> TaskActor | None:
-        record = await self.store.get_task(task_id)
-        if record is None:
-            raise TaskNotFound(task_id)
-        if record.state.terminal:
-            return None
-        if record.name not in self.app:
-            self.orphaned[task_id] = record
-            raise UnknownTaskName(record.name)
-        try:
-            record = await self.store.claim_task(task_id, self.node_id, self.lease, INFLIGHT_STATES)
-        except ConflictError:
-            return None  # it finished meanwhile
-        journal = await self.store.read_journal(task_id)
-        inbox = await self.store.list_inbox(task_id)
-        return self._start_actor(record, journal, inbox)
-
-    def _start_actor(self, record: TaskRecord, journal: Any, inbox: Any) -> TaskActor:
-        # Closing (or crashed) while this claim was in flight: start nothing.
-        self._check_open()
-        assert self._nursery is not None
-        actor = TaskActor(self, self.app.spec(record.name), record, journal, inbox)
-        actor.boot()
-        self._actors[record.id] = actor
-        # A task spawned by trio starts from a copy of its spawner's
-        # context, and an actor is started by whoever comes first: a
-        # submitter, a message's sender, or the actor whose run slot it
-        # takes, whose handler's context variables it would then see. Every
-        # actor starts from the runtime's context instead: a task runs the
-        # same whether it started at once, waited for a slot, or was
-        # resumed by another process.
-        assert self._context is not None
-        self._context.run(self._nursery.start_soon, actor.serve)
-        return actor
-
-    def _start_waiting(self, record: TaskRecord) -> bool:
-        """Start the actor of a task that waited for a slot, handing it the slot."""
-        if self._closing:
-            return False
-        self._start_actor(record, (), ()).holds_slot = True
-        return True
-
-    def _forget(self, actor: TaskActor) -> None:
-        if self._actors.get(actor.task_id) is actor:
-            del self._actors[actor.task_id]
-
-    def _actor_crashed(self, actor: TaskActor) -> None:
-        if self._nursery is not None and not self._closing:
-            self._nursery.start_soon(self._release_quietly, actor.task_id)
-
-    async def _release_quietly(self, task_id: str) -> None:
-        try:
-            await self.store.release_tasks(self.node_id, [task_id])
-        except storage.StorageError:
-            log.exception("task %s: could not release it after its actor crashed", task_id)
-
-    async def _cancel_children(self, task_id: str) -> None:
+    # -- for the actors ------------------------------------------------------------
+    async def cancel_children(self, task_id: str) -> None:
+        """Cancel every child of a task that is still in flight (for its actors)."""
         children = await self.store.list_tasks(parent_id=task_id, states=list(INFLIGHT_STATES))
         for child in children:
             try:
@@ -758,169 +506,7 @@ class Runtime:
             except Exception:
                 log.exception("task %s: could not cancel child %s", task_id, child.id)
 
-    # -- fault injection -------------------------------------------------------------
-    @property
-    def _faults_armed(self) -> bool:
-        """Whether a test armed a crash point or a step observer."""
-        return bool(self._crash_points or self._observers)
-
-    async def _fault_point(self, point: Point, task_id: str, step: str, index: int) -> None:
-        """See actors.runtime._faults; a no-op unless a test armed something."""
-        if not (self._crash_points or self._observers):
-            return
-        for observer in builtins.list(self._observers):
-            await observer(point, task_id, step, index)
-        for crash in self._crash_points:
-            if crash.matches(point, task_id, step):
-                self._crash_points.remove(crash)
-                crash.fire(task_id, step, index)
-                self._crash()
-                await trio.sleep_forever()
-
-    def _crash(self) -> None:
-        """Stop at once, as if the process died: no more writes, leases kept."""
-        if self._crashed:
-            return
-        self._crashed = True
-        self._closing = True
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-        self.hub.close()
-        self._closed.set()
-
-    # -- node duties ---------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closing:
-            raise RuntimeClosedError("the runtime is closing")
-
-    async def _scan(self) -> None:
-        """Claim and start every task this node may own and does not run yet.
-
-        In bulk: the claims of a few thousand tasks share a few commits, and
-        their journals and inboxes come in a few queries, so resuming ten
-        thousand tasks costs a handful of transactions, not four round trips
-        each (issue #5, scenario f).
-        """
-        # (Oldest first: under max_running, the tasks that waited longest run first.)
-        records = await self.store.list_claimable(self.node_id)
-        wanted: builtins.list[str] = []
-        for record in records:
-            if record.id in self._actors or record.id in self._starting:
-                continue
-            if self._slots is not None and record.id in self._slots.waiting:
-                continue  # ours, waiting for a slot
-            if record.name not in self.app:
-                if record.id not in self.orphaned:
-                    log.warning(
-                        "task %s: no handler named %r here; left as it is", record.id, record.name
-                    )
-                self.orphaned[record.id] = record
-                continue
-            wanted.append(record.id)
-        for start in range(0, len(wanted), _SCAN_CHUNK):
-            if self._closing:
-                return
-            await self._revive_many(wanted[start : start + _SCAN_CHUNK])
-
-    async def _revive_many(self, task_ids: builtins.list[str]) -> None:
-        """Claim tasks, read their journals and inboxes in bulk, start their actors."""
-        guards = {task_id: trio.Event() for task_id in task_ids if task_id not in self._starting}
-        self._starting.update(guards)
-        try:
-            claims = [
-                (
-                    task_id,
-                    self.store.execute_nowait(
-                        ClaimTask(
-                            task_id,
-                            self.node_id,
-                            self.store.clock.now() + self.lease,
-                            INFLIGHT_STATES,
-                        ),
-                        # Ahead of the writes of the tasks resumed so far:
-                        # the next ones start sooner (a claim is fenced by
-                        # state and lease, whatever waits before it).
-                        urgent=True,
-                    ),
-                )
-                for task_id in guards
-            ]
-            claimed: builtins.list[TaskRecord] = []
-            for task_id, pending in claims:
-                await pending.wait_quietly()
-                try:
-                    record = pending.outcome_nowait()
-                except (LeaseHeldError, ConflictError, RecordNotFoundError):
-                    continue  # another node has it, or it finished meanwhile
-                except storage.StorageError:
-                    log.exception("task %s: could not claim it", task_id)
-                    continue
-                assert isinstance(record, TaskRecord)
-                claimed.append(record)
-            ids = [record.id for record in claimed]
-            journals = await self.store.read_journals(ids)
-            inboxes = await self.store.list_inboxes(ids)
-            fresh: builtins.list[TaskRecord] = []
-            slots = self._slots
-            for record in claimed:
-                journal, inbox = journals[record.id], inboxes[record.id]
-                if record.state is S.PENDING and not journal and not inbox:
-                    fresh.append(record)
-                    continue
-                # A run that was under way: its actor first, and a slot if free.
-                actor = self._start_actor(record, journal, inbox)
-                if slots is not None and slots.take_nowait():
-                    actor.holds_slot = True
-            for record in fresh:
-                self._start_fresh(record)  # under max_running, maybe only queued
-        finally:
-            for task_id, event in guards.items():
-                del self._starting[task_id]
-                event.set()
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await trio.sleep(self.lease / 3)
-            if not self._renewing:
-                continue
-            try:
-                await self.store.renew_leases(self.node_id, self.lease)
-                await self._end_runs_cancelled_elsewhere()
-            except storage.StorageError:
-                log.exception("could not renew leases")
-
-    async def _end_runs_cancelled_elsewhere(self) -> None:
-        """Stop the runs of the tasks another node cancelled while this one
-        runs them, and let go of them.
-
-        A cancel from another node is a compare-and-set that leaves this node
-        the owner (see ``_cancel_remote``): the run here would go on until
-        its next write, which the store refuses, however long its step.
-        Checked with each lease renewal: a run stops within ``lease / 3``.
-        """
-        for record in await self.store.list_tasks(owner=self.node_id, states=[S.CANCELLED]):
-            actor = self._actors.get(record.id)
-            if actor is not None:
-                # (in a task of its own: the renewals never wait for an actor's lock)
-                assert self._nursery is not None
-                self._nursery.start_soon(actor.cancelled_elsewhere, record)
-                continue
-            # No actor: one stopped at a refused write, or the task waited
-            # for a run slot. Nothing here runs it any more.
-            if self._slots is not None:
-                self._slots.waiting.pop(record.id, None)
-            with contextlib.suppress(storage.StorageError):
-                await self.store.write(TaskWrite(record.id, epoch=record.epoch, release=True))
-
-    async def _scan_loop(self) -> None:
-        while True:
-            await trio.sleep(self.lease / 2)
-            try:
-                await self._look_for_others()
-                await self._scan()
-            except storage.StorageError:
-                log.exception("could not scan for tasks to own")
-
+    # -- its life: open_runtime ------------------------------------------------------
     async def _serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -942,7 +528,7 @@ class Runtime:
             self._closing = True
             remove_listener()
             self.hub.close()
-            if not self._crashed:
+            if not self._aborted:
                 with trio.CancelScope(shield=True):
                     try:
                         await self.store.release_tasks(self.node_id)
@@ -953,6 +539,12 @@ class Runtime:
     def _close(self) -> None:
         self._closing = True
         self._closed.set()
+
+
+if TYPE_CHECKING:
+
+    def _a_runtime_is_a_supervisor(runtime: Runtime) -> Supervisor:
+        return runtime  # (checked by mypy: the actors see a Runtime as one)
 
 
 @asynccontextmanager

@@ -86,11 +86,8 @@ def stop_heartbeats(runtime: Runtime) -> Iterator[None]:
     the same store may claim them, and this runtime's later writes for them
     are refused (its actors stop). Renewal resumes on exit.
     """
-    runtime._renewing = False
-    try:
+    with runtime.pause_lease_renewal():
         yield
-    finally:
-        runtime._renewing = True
 
 
 def crash_at(
@@ -106,9 +103,7 @@ def crash_at(
     Reopen a runtime on the same store (same node_id: it takes its tasks back
     at once) to see what runs again. Fires once; ``await point.wait()``.
     """
-    point = CrashPoint(when, step, task_id)
-    runtime._crash_points.append(point)
-    return point
+    return CrashPoint(when, step, task_id).arm(runtime)
 
 
 def fail_writes(

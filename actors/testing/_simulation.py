@@ -223,20 +223,20 @@ class _Simulation:
             elif op == "crash_at":
                 point: Point = rng.choice(POINTS)
                 step = f"s{rng.randint(0, 3)}"
-                rt._crash_points.append(CrashPoint(point, step, rng.choice([None, task_id])))
+                CrashPoint(point, step, rng.choice([None, task_id])).arm(rt)
             elif op == "fail_writes":
                 # The next writes fail, whoever makes them (as testing.fail_writes).
                 rt.store._writer.fail_next = rng.randint(1, 3)
             elif op == "crash_now":
                 self.crashes += 1
-                rt._crash()
+                rt.abort()
                 return "crash"
             elif op == "restart":
                 self.restarts += 1
                 return "restart"
         except (ActorsError, storage.StorageError):
             pass  # invalid transitions, rejected requests, failed writes, a crash...
-        if rt._crashed:
+        if rt.aborted:
             self.crashes += 1
             return "crash"
         return ""
@@ -245,7 +245,7 @@ class _Simulation:
         bound = self.rng.choice([None, None, 1, 2])
         self.trace.append(f"open max_running={bound}")
         async with open_runtime(self.app, store, node_id=NODE, lease=10, max_running=bound) as rt:
-            rt._observers.append(self._observer(store))
+            rt.observe_steps(self._observer(store))
             async with trio.open_nursery() as nursery:
                 while self.operations > 0:
                     self.operations -= 1
@@ -257,7 +257,7 @@ class _Simulation:
 
     async def _settle(self, store: storage.Store) -> dict[str, str]:
         async with open_runtime(self.app, store, node_id=NODE, lease=10) as rt:
-            rt._observers.append(self._observer(store))
+            rt.observe_steps(self._observer(store))
             for _ in range(12):
                 await trio.sleep(30)
                 for task_id in self.task_ids:
@@ -281,7 +281,7 @@ class _Simulation:
                 assert record is not None
                 states[task_id] = record.state.value
                 if record.state in storage.ACTIVE_STATES and (
-                    task_id not in rt._actors or record.owner != NODE
+                    not rt.has_actor(task_id) or record.owner != NODE
                 ):
                     self.violations.append(
                         f"task {task_id} is {record.state.value} without a live owner "

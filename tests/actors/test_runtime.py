@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 import actors
+from storage import open as storage_open
 from tests.actors.conftest import OpenRuntime
 
 S = actors.TaskState
@@ -653,3 +654,87 @@ async def test_a_finished_task_leaves_no_actor_behind(open_rt: OpenRuntime, outc
         assert (await rt.wait(info.id)).state is S(outcome)
         await trio.testing.wait_all_tasks_blocked()
         assert rt.statistics()["actors"] == 0
+
+
+# -- instrumentation seams ------------------------------------------------------
+
+
+def two_step_app() -> actors.App:
+    app = actors.App()
+
+    async def body(name: str) -> str:
+        return name
+
+    @app.task("two")
+    async def two(ctx: actors.TaskContext, request: actors.Request) -> list[str]:
+        return [await ctx.step("a", body, "a"), await ctx.step("b", body, "b")]
+
+    return app
+
+
+async def test_step_observers_see_every_point_of_every_step_that_runs_until_removed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    seen: list[tuple[str, str, str, int]] = []
+
+    async def observer(point: str, task_id: str, step: str, index: int) -> None:
+        seen.append((point, task_id, step, index))
+
+    async with actors.open_runtime(two_step_app(), node_id="n") as rt:
+        remove = rt.observe_steps(observer)
+        await rt.result((await rt.submit("two", task_id="t1")).id)
+        remove()
+        remove()  # (a no-op once removed)
+        await rt.result((await rt.submit("two", task_id="t2")).id)
+    points = ("before_step", "after_body", "after_store")
+    assert seen == [(p, "t1", step, i) for step, i in (("a", 0), ("b", 1)) for p in points]
+
+
+async def test_abort_stops_at_once_keeps_the_leases_and_closes_the_api(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = trio.Event()
+    app = actors.App()
+
+    @app.task("held")
+    async def held(ctx: actors.TaskContext, request: actors.Request) -> None:
+        await ctx.step("wait", gate.wait)
+
+    async with storage_open("memory://") as store:
+        async with actors.open_runtime(app, store, node_id="n") as rt:
+            await rt.submit("held", task_id="t1")
+            await trio.testing.wait_all_tasks_blocked()
+            rt.abort()
+            rt.abort()  # (a no-op once aborted)
+            assert rt.aborted
+            with pytest.raises(actors.RuntimeClosedError):
+                await rt.get("t1")
+        record = await store.get_task("t1")
+        assert record is not None
+        assert (record.state, record.owner) == (S.RUNNING, "n")
+
+
+async def test_pause_lease_renewal_lets_the_leases_run_out_until_it_ends(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = trio.Event()
+    app = actors.App()
+
+    @app.task("held")
+    async def held(ctx: actors.TaskContext, request: actors.Request) -> None:
+        await ctx.step("wait", gate.wait)
+
+    async with (
+        storage_open("memory://") as store,
+        actors.open_runtime(app, store, node_id="n", lease=10) as rt,
+    ):
+        await rt.submit("held", task_id="t1")
+        with rt.pause_lease_renewal(), rt.pause_lease_renewal():
+            await trio.sleep(30)
+            record = await store.get_task("t1")
+            assert record is not None and record.lease_expires < store.clock.now()
+        await trio.sleep(10)
+        record = await store.get_task("t1")
+        assert record is not None and record.lease_expires > store.clock.now()
+        assert rt.has_actor("t1")
+        gate.set()
