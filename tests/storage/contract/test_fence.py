@@ -2,7 +2,7 @@
 
 First on the pure functions of ``storage.model._fence`` (no trio, no store),
 then case for case through the store contract on every backend of
-``conftest.BACKENDS``: a backend that decided otherwise than the functions
+``contract/conftest.BACKENDS``: a backend that decided otherwise than the functions
 would fail here, whatever the code it runs.
 
 A task's ownership in a case is one of:
