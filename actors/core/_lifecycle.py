@@ -56,7 +56,7 @@ class Command(enum.Enum):
     REJECT = "reject"
 
 
-class Strategy(enum.Enum):
+class Strategy(enum.StrEnum):
     """What a Request does to a busy task (pending, running or paused)."""
 
     #: Wait in the inbox: answer the next ``ctx.ask``, or start the next run after a STOP.

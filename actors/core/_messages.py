@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 
-class Signal(enum.Enum):
+class Signal(enum.StrEnum):
     """Control signals (the interrupt backend's)."""
 
     #: Abort the current request; the task stays open for the next Request.

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import attrs
 
 
-class TaskState(enum.Enum):
+class TaskState(enum.StrEnum):
     """Lifecycle state of a task."""
 
     #: Recorded, not yet started.
