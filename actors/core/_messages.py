@@ -11,6 +11,9 @@ import attrs
 class Signal(enum.StrEnum):
     """Control signals (the interrupt backend's)."""
 
+    # Hashed as its value, which it equals (Enum hashes the member's name).
+    __hash__ = str.__hash__
+
     #: Abort the current request; the task stays open for the next Request.
     STOP = "stop"
     #: Suspend at the next safe point.
