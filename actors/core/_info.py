@@ -87,6 +87,6 @@ class TaskEvent:
         if self.kind != "state" or not isinstance(self.data, dict):
             return False
         try:
-            return TaskState(self.data.get("to")).terminal
+            return TaskState(str(self.data.get("to"))).terminal
         except ValueError:
             return False

@@ -56,8 +56,11 @@ class Command(enum.Enum):
     REJECT = "reject"
 
 
-class Strategy(enum.Enum):
+class Strategy(enum.StrEnum):
     """What a Request does to a busy task (pending, running or paused)."""
+
+    # Hashed as its value, which it equals (Enum hashes the member's name).
+    __hash__ = str.__hash__
 
     #: Wait in the inbox: answer the next ``ctx.ask``, or start the next run after a STOP.
     ENQUEUE = "enqueue"

@@ -8,8 +8,11 @@ from typing import Any
 import attrs
 
 
-class Signal(enum.Enum):
+class Signal(enum.StrEnum):
     """Control signals (the interrupt backend's)."""
+
+    # Hashed as its value, which it equals (Enum hashes the member's name).
+    __hash__ = str.__hash__
 
     #: Abort the current request; the task stays open for the next Request.
     STOP = "stop"

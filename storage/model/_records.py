@@ -13,7 +13,7 @@ from typing import NamedTuple
 import attrs
 
 
-class TaskState(enum.Enum):
+class TaskState(enum.StrEnum):
     """Lifecycle state of a task."""
 
     #: Recorded, not yet started.
@@ -37,10 +37,11 @@ class TaskState(enum.Enum):
     #: Terminal: refused before it ran.
     REJECTED = "rejected"
 
-    # Members are singletons compared by identity: hashing by identity (C)
-    # agrees with that, where Enum's own __hash__ is a Python call (a task's
-    # writes and transitions hash states about 16 times, issue #5).
-    __hash__ = object.__hash__
+    # Hashed as its value, which it equals ("running" in {TaskState.RUNNING});
+    # str's hash is C and cached in the object, where Enum's own __hash__ is a
+    # Python call (a task's writes and transitions hash states about 16 times,
+    # issue #5).
+    __hash__ = str.__hash__
 
     @property
     def terminal(self) -> bool:
