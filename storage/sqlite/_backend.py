@@ -45,8 +45,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from .. import _isolate
+from .._backend import Backend, WriteRunner
+from .._worker import open_thread_runner
 from ..model._commands import ClaimTask, Command, CreateTask, TaskWrite, UpdateStatus
 from ..model._errors import (
     BackendUnavailableError,
@@ -83,14 +86,19 @@ from ._commands import (
 from ._rows import RowMapper
 from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
-if TYPE_CHECKING:
-    from ._process import WriterProcess
-
 T = TypeVar("T")
 
 _JOURNAL_MODES = frozenset({"wal", "delete", "truncate", "persist"})
 #: PRAGMA synchronous levels by name, and their numbers as SQLite reports them.
 _SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+
+#: sqlite3 errors about the values of one statement (see ``blames_command``).
+_COMMAND_FAULTS = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+)
 
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -161,7 +169,7 @@ def _rollback_quietly(connection: sqlite3.Connection) -> None:
 _ONE_TASK_COMMANDS = (CreateTask, TaskWrite, ClaimTask, UpdateStatus)
 
 
-class SQLiteBackend:
+class SQLiteBackend(Backend):
     """A store in one SQLite file; see the module docstring.
 
     Args:
@@ -255,12 +263,23 @@ class SQLiteBackend:
             )
         return BackendUnavailableError(f"cannot {doing} {self.path}: {exc}")
 
+    def blames_command(self, error: Exception) -> bool:
+        """Whether a batch's error is a command's fault (issue #17): the
+        default's (a string that cannot be encoded, an integer out of
+        range...), or the errors ``sqlite3`` ties to a statement's values
+        (a constraint, a binding, a value SQLite cannot hold). Not a closed
+        connection, nor an operational error (locked, disk full, I/O): those
+        are the store's, already BackendUnavailableError."""
+        if isinstance(error, sqlite3.ProgrammingError):
+            return "closed" not in str(error)
+        return isinstance(error, _COMMAND_FAULTS) or _isolate.blames_command(error)
+
     @contextmanager
     def _mapped(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-            raise  # a bug in this module, not a state of the database
+        except _COMMAND_FAULTS:
+            raise  # a command's values, or a bug in this module: not a state of the database
         except sqlite3.Error as exc:
             raise self._translate(exc, doing) from exc
 
@@ -485,13 +504,13 @@ class SQLiteBackend:
 
     forget_rows = _forget_rows
 
-    # -- the writer process (see _sqlite_process.py) ------------------------------
-    def open_writer(self) -> AbstractAsyncContextManager[WriterProcess | None] | None:
-        """For the storage actor: the writer process to start (None: write
-        in the worker thread)."""
+    # -- the writer process (see _process.py) ------------------------------
+    def open_write_runner(self) -> AbstractAsyncContextManager[WriteRunner]:
+        """For the storage actor: the writer process (``writer="process"``),
+        else the worker thread."""
         if self.writer != "process" or getattr(sys, "frozen", False):
             # (a frozen application's executable cannot run ``-m``)
-            return None
+            return open_thread_runner(self, self)
         from ._process import open_writer_process
 
         return open_writer_process(self)
@@ -588,7 +607,7 @@ class SQLiteBackend:
         with self._rows_lock:
             self._forget_rows()
             generation = self._generation
-        outcomes = self.apply(commands, now)
+        outcomes = _isolate.apply_isolating(self, commands, now)
         with self._rows_lock:
             forget_all = self._generation != generation or not all(
                 isinstance(command, _ONE_TASK_COMMANDS) for command in commands

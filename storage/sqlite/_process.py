@@ -67,7 +67,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..model._errors import BackendUnavailableError, StorageClosedError, StorageError
+from .._backend import WriteRunner
+from .._isolate import invalid_write
+from .._worker import open_thread_runner
+from ..model._errors import (
+    BackendUnavailableError,
+    InvalidWriteError,
+    StorageClosedError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from ..model._commands import Command
@@ -150,9 +158,17 @@ class _Checkpointer:
             connection.close()
 
 
-def _as_storage_error(exc: Exception) -> StorageError:
+def _as_storage_error(exc: Exception, backend: SQLiteBackend) -> StorageError:
+    """What crosses back for an error of the child: a StorageError as it is;
+    a command's fault (issue #17) as InvalidWriteError (a plan's rows name
+    no command: the parent applies its commands the long way, which
+    isolates the one at fault); anything else as the store's failure."""
     if isinstance(exc, StorageError):
         return exc
+    if backend.blames_command(exc):
+        error = InvalidWriteError("batch", f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
     return BackendUnavailableError(f"the SQLite writer process failed: {exc!r}")
 
 
@@ -162,6 +178,15 @@ def _pickled(value: object) -> bytes:
     except Exception as exc:  # an outcome that cannot cross: say so, do not die
         error = BackendUnavailableError(f"the SQLite writer process cannot send {value!r}: {exc!r}")
         return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+
+
+def _error_pickled(error: StorageError) -> bytes:
+    """An error of the child, pickled; without its cause if the cause cannot cross."""
+    try:
+        return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        error.__cause__ = None
+        return _pickled(error)
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -202,7 +227,7 @@ def child_main(argv: Sequence[str]) -> int:
                         written = backend.write_planned(marshal.loads(body))
                     except Exception as exc:
                         refusing = True
-                        reply = _frame(FAILED, _pickled(_as_storage_error(exc)))
+                        reply = _frame(FAILED, _error_pickled(_as_storage_error(exc, backend)))
                     else:
                         refusing = not written
                         reply = _frame(OK if written else STALE, b"")
@@ -213,7 +238,7 @@ def child_main(argv: Sequence[str]) -> int:
                 try:
                     result: object = backend.apply_for_parent(commands, now)
                 except Exception as exc:
-                    result = _as_storage_error(exc)
+                    result = _as_storage_error(exc, backend)
                 if checkpointer is not None:
                     checkpointer.committed()
                 reply = _frame(APPLIED, _pickled(result))
@@ -437,7 +462,9 @@ class WriterProcess:
             if reply.kind == FAILED:
                 error = pickle.loads(reply.body)
                 assert isinstance(error, BaseException)
-                raise error
+                if not isinstance(error, InvalidWriteError):
+                    raise error
+                # A command's fault (issue #17): the long way isolates it.
             return await self.apply(sent.commands, sent.now)
         finally:
             await self._resume_if_drained()
@@ -451,10 +478,35 @@ class WriterProcess:
                 draining.set()
 
     async def apply(self, commands: Sequence[Command], now: float) -> list[object]:
-        """Apply commands the long way, in the child; their outcomes."""
-        reply = await self._send(APPLY, _apply_body(commands, now))
+        """Apply commands the long way, in the child, which isolates a
+        command at fault (issue #17); their outcomes."""
+        try:
+            body = _apply_body(commands, now)
+        except Exception as exc:
+            if not self._backend.blames_command(exc):
+                raise
+            return await self._apply_crossing(commands, now)
+        reply = await self._send(APPLY, body)
         await reply.wait()
         return self._applied(reply, commands)
+
+    async def _apply_crossing(self, commands: Sequence[Command], now: float) -> list[object]:
+        """Apply the commands that can cross to the child (pickle); the
+        others fail alone with InvalidWriteError, applied nowhere."""
+        outcomes: list[object] = [None] * len(commands)
+        crossing: list[int] = []
+        for index, command in enumerate(commands):
+            try:
+                pickle.dumps(command, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                outcomes[index] = invalid_write(command, exc)
+            else:
+                crossing.append(index)
+        if crossing:
+            applied = await self.apply([commands[index] for index in crossing], now)
+            for index, outcome in zip(crossing, applied, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
     def _applied(self, reply: _Reply, commands: Sequence[Command]) -> list[object]:
         result = pickle.loads(reply.body)
@@ -506,16 +558,16 @@ def _apply_body(commands: Sequence[Command], now: float) -> bytes:
 
 
 @asynccontextmanager
-async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterProcess | None]:
+async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriteRunner]:
     """Start the child for an open backend; on exit, close its stdin and
-    wait until it has written everything sent and ended. None (and a
-    warning) if no process can be started: the store writes from its
-    worker thread instead."""
+    wait until it has written everything sent and ended. If no process can
+    be started: a warning, and the worker thread's runner instead."""
     try:
         process = await _spawn(backend)
     except OSError as exc:
         log.warning("cannot start the SQLite writer process (%s): writing from a thread", exc)
-        yield None
+        async with open_thread_runner(backend, backend) as runner:
+            yield runner
         return
     writer = WriterProcess(backend, process)
     try:
