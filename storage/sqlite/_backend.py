@@ -83,6 +83,7 @@ from ._commands import (
     select_task,
     task_ids,
 )
+from ._process import open_writer_process
 from ._rows import RowMapper
 from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
@@ -182,7 +183,7 @@ class SQLiteBackend(Backend):
             process before the operation fails with BackendUnavailableError.
         max_idle_readers: reader connections kept open between reads.
         writer: where the storage actor's writes run: ``"process"`` (the
-            default: a child process of its own, see ``_sqlite_process.py``)
+            default: a child process of its own, see ``_process.py``)
             or ``"thread"`` (a worker thread of this process, which waits
             for the GIL whenever trio is busy: about a third slower under
             load, issue #5). A frozen application (PyInstaller and the
@@ -504,15 +505,13 @@ class SQLiteBackend(Backend):
 
     forget_rows = _forget_rows
 
-    # -- the writer process (see _process.py) ------------------------------
+    # -- the writer process (parent: _process.py, child: _child.py) --------------------------
     def open_write_runner(self) -> AbstractAsyncContextManager[WriteRunner]:
         """For the storage actor: the writer process (``writer="process"``),
         else the worker thread."""
         if self.writer != "process" or getattr(sys, "frozen", False):
             # (a frozen application's executable cannot run ``-m``)
             return open_thread_runner(self, self)
-        from ._process import open_writer_process
-
         return open_writer_process(self)
 
     def child_args(self) -> list[str]:
