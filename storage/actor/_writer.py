@@ -7,12 +7,16 @@ never blocks, so a sync caller such as ``ctx.emit`` can write; the order of
 the calls is the order of the writes). The actor takes what is waiting (all of
 a short queue, half of a long one: see ``_next_batch``; at most
 ``max_batch`` commands or about ``max_rows`` events) and hands the batch to
-the backend as one transaction: in the actor's worker thread for a blocking
-backend (one wake-up back into trio per batch), inline for the memory
-backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
-batch in trio first and only writes it elsewhere: in the backend's writer
-process if it has one (SQLite's default, ``_sqlite_process.py``: a GIL of
-its own), else in the worker thread, which then holds the GIL for little
+the backend as one transaction, through the ``WriteRunner`` the backend
+opens (``Backend.open_write_runner``): a worker thread for a blocking
+backend (one wake-up back into trio per batch, ``storage/_worker.py``),
+inline for the memory backend. A runner isolates a command that cannot be
+applied (issue #17): it fails alone with ``InvalidWriteError``, and the
+rest of its batch is applied and answered in order. A backend that can plan
+(``PlanningBackend``: SQLite) decides the batch in trio first and only
+writes it elsewhere: in the backend's writer process (SQLite's default,
+``sqlite/_process.py``: a GIL of its own), or in the worker thread, which
+then holds the GIL for little
 more than binding its parameters; and the actor decides the next batch
 while the one before is written (two batches in hand:
 ``_serve_pipelined``), so neither trio nor the writer waits for the other

@@ -9,7 +9,7 @@ hope, so ``check_same_thread=False`` is safe). The storage actor decides a
 batch in trio first when it can (``plan``, ``decide``), so the worker
 thread mostly runs SQL, which lets go of the GIL. A batch is one ``BEGIN IMMEDIATE ...
 COMMIT`` transaction: one fsync for everything in it (group commit), and a
-handful of statements whatever its size (``_sqlite_commands.WriteBatch``).
+handful of statements whatever its size (``_commands.WriteBatch``).
 A command refused with a ``StorageError`` has changed nothing: the error
 becomes that command's outcome and the batch goes on. Anything else that
 fails (a driver error, the COMMIT itself) rolls the whole transaction back
@@ -30,8 +30,9 @@ locked beyond ``busy_timeout``, or a path that cannot be opened, gives
 Errors that can only come from a bug (a constraint failed, a parameter of
 the wrong type) are not mapped.
 
-The schema and its migrations are in ``_sqlite_schema.py``, the SQL of each
-command in ``_sqlite_commands.py``. Rows are tuples; they map to records by
+The schema and its migrations are in ``_schema.py``, the SQL of each
+command in ``_commands.py``; the writer process in ``_process.py`` (the
+parent's end) and ``_child.py``. Rows are tuples; they map to records by
 ``_rows.RowMapper`` (the columns are the records' fields, in order).
 """
 
@@ -146,7 +147,7 @@ def _select(
     One row comes back (all the records as one JSON text), so the query
     costs one step of the statement whatever the number of records: each
     step lets go of the GIL and must take it back, which a busy trio thread
-    makes slow (see ``_sqlite_commands``). The order of the inner query is
+    makes slow (see ``_commands``). The order of the inner query is
     the order of the aggregate (it has its ORDER BY, and SQLite feeds an
     aggregate in the order of a subquery it does not flatten); callers that
     need an order still sort, cheaply, on already sorted input.
