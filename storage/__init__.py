@@ -40,6 +40,7 @@ from .model._commands import UpdateStatus as UpdateStatus
 from .model._errors import BackendUnavailableError as BackendUnavailableError
 from .model._errors import ConflictError as ConflictError
 from .model._errors import CorruptStoreError as CorruptStoreError
+from .model._errors import InvalidWriteError as InvalidWriteError
 from .model._errors import LeaseHeldError as LeaseHeldError
 from .model._errors import RecordNotFoundError as RecordNotFoundError
 from .model._errors import SchemaVersionError as SchemaVersionError
@@ -79,6 +80,7 @@ __all__ = [
     "DeleteKeyState",
     "ExceptionRecord",
     "InboxItem",
+    "InvalidWriteError",
     "JournalEntry",
     "JournalWrite",
     "LeaseHeldError",

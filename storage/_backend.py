@@ -1,12 +1,29 @@
-"""The backend protocol every store implements.
+"""The protocols every store implements, and how a backend's writes run.
 
+Theory of operation
+-------------------
 A backend is synchronous: the storage actor calls ``apply`` with a batch of
 commands, and the store client calls the read methods. A backend whose
 calls block (``blocking = True``: SQLite, PostgreSQL, Redis drivers) is
-driven from worker threads: ``apply`` from the storage actor's single writer
-thread, reads from a small reader pool, so a backend must allow one writer
-and concurrent readers. The in-memory backend does not block and is called
-inline from trio.
+driven from worker threads: reads from a small reader pool, so a backend
+must allow one writer and concurrent readers. The in-memory backend does not
+block and is called inline from trio.
+
+Where the writes run is the backend's to say: ``open_write_runner`` opens a
+``WriteRunner`` for the storage actor, by default one worker thread of its
+own for a blocking backend (``_worker.py``) and inline for the others;
+SQLite supplies a writer process (``sqlite/_process.py``). A runner applies
+batches in the order given, and isolates poison (below) before it applies
+the next batch.
+
+A write that cannot be applied fails alone (issue #17). When a batch raises
+an error that ``blames_command`` puts on a command (a string that cannot be
+encoded, a value out of range, a driver error tied to one command) rather
+than on the store (locked, disk full, a dead writer), the runner
+(``_isolate.apply_isolating``)
+applies it again in halves, each in its own transaction, down to the
+guilty commands, which get ``InvalidWriteError``: every other command is
+applied and answered in order. A store failure fails the batch as before.
 
 Backends never read a clock: ``now`` (seconds since the epoch, from the
 runtime's clock) comes with every call that needs it.
@@ -15,8 +32,11 @@ runtime's clock) comes with every call that needs it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from . import _isolate
+from ._worker import open_inline_runner, open_thread_runner
 from .model._commands import Command
 from .model._records import (
     ExceptionRecord,
@@ -29,8 +49,41 @@ from .model._records import (
 )
 
 
+class Writing(Protocol):
+    """A batch on its way to being written (``WriteRunner.send_plan``)."""
+
+    async def result(self) -> list[object]:
+        """Its outcomes once written, or raise what failed the batch. Not
+        interruptible: the write goes on anyway, and its writers must learn
+        the truth."""
+        ...
+
+
+class WriteRunner(Protocol):
+    """Where a backend's writes run (a worker thread, a writer process).
+
+    Used by the storage actor alone, which sends batches in order (one task
+    decides and sends plans, one answers them). A runner applies them in
+    that order and isolates a batch's poisoned commands (``_isolate.apply_isolating``)
+    before it applies the next batch.
+    """
+
+    async def apply(self, commands: Sequence[Command], now: float) -> list[object]:
+        """Apply a batch the long way; one outcome per command. Raises only
+        for a store failure (then none of it is applied)."""
+        ...
+
+    async def send_plan(self, plan: Any, commands: Sequence[Command], now: float) -> Writing:
+        """Start writing a decided plan of a ``PlanningBackend``."""
+        ...
+
+
 class Backend(Protocol):
-    """A store's engine. See the module docstring for the threading contract."""
+    """A store's engine. See the module docstring for the threading contract.
+
+    A backend class may subclass it to inherit the defaults of
+    ``blames_command`` and ``open_write_runner``.
+    """
 
     #: Whether calls block (run them in worker threads).
     blocking: bool
@@ -54,6 +107,18 @@ class Backend(Protocol):
         commit failed) raises: then none of the batch is applied.
         """
         ...
+
+    def blames_command(self, error: Exception) -> bool:
+        """Whether an error that failed a batch is the fault of a command in
+        it (isolate it: ``_isolate.apply_isolating``) rather than of the store (fail
+        the batch). The default: ``_isolate.blames_command``."""
+        return _isolate.blames_command(error)
+
+    def open_write_runner(self) -> AbstractAsyncContextManager[WriteRunner]:
+        """For the storage actor: where this backend's writes run, for the
+        life of the actor. The default: a worker thread of its own if the
+        backend blocks, else inline in trio."""
+        return open_thread_runner(self) if self.blocking else open_inline_runner(self)
 
     # -- tasks -------------------------------------------------------------
     def get_task(self, task_id: str) -> TaskRecord | None: ...

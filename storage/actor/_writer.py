@@ -7,12 +7,16 @@ never blocks, so a sync caller such as ``ctx.emit`` can write; the order of
 the calls is the order of the writes). The actor takes what is waiting (all of
 a short queue, half of a long one: see ``_next_batch``; at most
 ``max_batch`` commands or about ``max_rows`` events) and hands the batch to
-the backend as one transaction: in the actor's worker thread for a blocking
-backend (one wake-up back into trio per batch), inline for the memory
-backend. A backend that can plan (``PlanningBackend``: SQLite) decides the
-batch in trio first and only writes it elsewhere: in the backend's writer
-process if it has one (SQLite's default, ``_sqlite_process.py``: a GIL of
-its own), else in the worker thread, which then holds the GIL for little
+the backend as one transaction, through the ``WriteRunner`` the backend
+opens (``Backend.open_write_runner``): a worker thread for a blocking
+backend (one wake-up back into trio per batch, ``storage/_worker.py``),
+inline for the memory backend. A runner isolates a command that cannot be
+applied (issue #17): it fails alone with ``InvalidWriteError``, and the
+rest of its batch is applied and answered in order. A backend that can plan
+(``PlanningBackend``: SQLite) decides the batch in trio first and only
+writes it elsewhere: in the backend's writer process (SQLite's default,
+``sqlite/_process.py``: a GIL of its own), or in the worker thread, which
+then holds the GIL for little
 more than binding its parameters; and the actor decides the next batch
 while the one before is written (two batches in hand:
 ``_serve_pipelined``), so neither trio nor the writer waits for the other
@@ -45,24 +49,22 @@ queued, then refuses further writes with ``StorageClosedError``.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import outcome
 import trio
 
-from .._backend import Backend, PlanningBackend
+from .._backend import Backend, PlanningBackend, WriteRunner, Writing
 from .._clock import Clock
+from .._isolate import store_failure
+from .._worker import open_inline_runner
 from ..model._commands import Command, CreateResult, JournalWrite, TaskWrite, TaskWriteResult
 from ..model._errors import BackendUnavailableError, StorageClosedError, StorageError
 from ..model._records import EventLike, StoredEvent, TaskState, UsageRecord
-
-if TYPE_CHECKING:
-    from ..sqlite._process import SentPlan, WriterProcess
 
 log = logging.getLogger("taskactors.storage")
 
@@ -370,74 +372,6 @@ class TaskDraft(TaskWrite, PendingWrite):
         return self
 
 
-class _Writing:
-    """A job for the worker (``_Worker.submit``); await ``result()`` for
-    what it returned."""
-
-    def __init__(self, fn: Callable[[], list[object]]) -> None:
-        self.fn = fn
-        self._done = trio.Event()
-        self._result: outcome.Outcome[list[object]] | None = None
-
-    def _deliver(self, result: outcome.Outcome[list[object]]) -> None:
-        self._result = result
-        self._done.set()
-
-    async def result(self) -> list[object]:
-        """Wait for what ``fn`` returned, or raise what it raised. Not
-        interruptible: the write goes on anyway, and its writers must learn
-        the truth."""
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
-        assert self._result is not None
-        return self._result.unwrap()
-
-
-class _Worker:
-    """The storage actor's worker thread: runs the jobs submitted, one after
-    another, in the order submitted.
-
-    The thread takes the next job as soon as it is done with one, without
-    going back to trio: a batch decided while the one before it is written
-    starts the moment that one commits (issue #5; going through trio costs
-    a turn of every runnable task, tens of ms after a batch woke thousands
-    of writers). Not ``trio.to_thread.run_sync`` either, whose limiter
-    yields to every runnable task before the thread starts. The thread
-    lives while there is work; trio's thread cache keeps it for the next.
-    """
-
-    def __init__(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._lock = threading.Lock()
-        self._jobs: collections.deque[_Writing] = collections.deque()
-        self._running = False
-
-    def submit(self, fn: Callable[[], list[object]]) -> _Writing:
-        """Queue ``fn()`` behind the jobs submitted before it."""
-        job = _Writing(fn)
-        with self._lock:
-            self._jobs.append(job)
-            if self._running:
-                return job
-            self._running = True
-        trio.lowlevel.start_thread_soon(self._run, _ignore, name="taskactors storage writer")
-        return job
-
-    def _run(self) -> None:
-        # In the worker thread.
-        while True:
-            with self._lock:
-                if not self._jobs:
-                    self._running = False
-                    return
-                job = self._jobs.popleft()
-            self._token.run_sync_soon(job._deliver, outcome.capture(job.fn))
-
-
-def _ignore(_: object) -> None:
-    """What the worker thread's own end delivers: nothing (each job delivers its result)."""
-
-
 @attrs.define
 class _Planned:
     """A batch on its way from the deciding task to the committer."""
@@ -450,7 +384,7 @@ class _Planned:
     alone: trio.Event | None
     #: The planned batch being written (queued to the worker or sent to
     #: the writer process).
-    writing: _Writing | SentPlan | None = None
+    writing: Writing | None = None
 
 
 class StorageActor:
@@ -479,11 +413,8 @@ class StorageActor:
         self._closed = False
         #: The batches taken from the queue and not yet applied.
         self._in_hand: list[list[PendingWrite]] = []
-        #: False only while the committer waits for a batch with none in
-        #: hand: then the deciding task starts the next write itself.
-        self._worker: _Worker | None = None
-        #: The backend's writer process, while ``serve`` runs with one.
-        self._process: WriterProcess | None = None
+        #: Where the backend's writes run, while ``serve`` runs.
+        self._runner: WriteRunner | None = None
         self.batches = 0
         self.writes = 0
         # Fault injection (actors.testing): fail the next N writes / hang until.
@@ -594,19 +525,14 @@ class StorageActor:
         """Apply batches until closed and drained. Cancelling it fails what is queued."""
         task_status.started()
         try:
-            if self._threaded and isinstance(self._backend, PlanningBackend):
-                opener = getattr(self._backend, "open_writer", None)
-                process = opener() if opener is not None else None
-                if process is None:
-                    await self._serve_pipelined(self._backend)
-                else:
-                    async with process as self._process:
-                        try:
-                            await self._serve_pipelined(self._backend)
-                        finally:
-                            self._process = None
-            else:
-                await self._serve_serially()
+            async with self._open_runner() as self._runner:
+                try:
+                    if self._threaded and isinstance(self._backend, PlanningBackend):
+                        await self._serve_pipelined(self._backend)
+                    else:
+                        await self._serve_serially()
+                finally:
+                    self._runner = None
         finally:
             self._closed = True
             error = StorageClosedError("the store was closed before this write was applied")
@@ -618,6 +544,13 @@ class StorageActor:
             for queue in (self._urgent, self._queue):
                 while queue:
                     queue.popleft()._resolve(error)
+
+    def _open_runner(self) -> AbstractAsyncContextManager[WriteRunner]:
+        """The backend's runner (thread, process), or inline in trio when
+        the store was opened with ``threads=False`` (or never blocks)."""
+        if self._threaded:
+            return self._backend.open_write_runner()
+        return open_inline_runner(self._backend)
 
     async def _wait_for_writes(self) -> bool:
         """Wait until a write is queued; False when closed and drained."""
@@ -661,13 +594,13 @@ class StorageActor:
                     now = self._clock.now()
                     plan = None
                     if not (self.fail_next or self.hang_until is not None):
-                        plan = backend.plan(commands, now)
-                    alone = None if plan is not None else trio.Event()
-                    item = _Planned(batch, commands, plan, now, alone)
+                        plan = self._plan(backend, commands, now)
+                    item = _Planned(batch, commands, plan, now, None)
                     try:
                         if plan is not None:
-                            await self._decide(backend, plan, commands)
-                            item.writing = await self._start_plan(backend, plan, commands, now)
+                            item.writing = await self._decided_and_sent(backend, item)
+                        if item.writing is None:
+                            item.alone = trio.Event()
                         await send.send(item)
                     except BaseException:
                         if item.writing is not None:
@@ -677,8 +610,30 @@ class StorageActor:
                         elif plan is not None:
                             backend.abandon(plan)  # decided, never to be executed
                         raise
-                    if alone is not None:
-                        await alone.wait()
+                    if item.alone is not None:
+                        await item.alone.wait()
+
+    @staticmethod
+    def _plan(backend: PlanningBackend, commands: list[Command], now: float) -> object:
+        """The backend's plan for a batch; None if it has none, or if
+        planning failed (a poisoned command, issue #17: the long way
+        isolates it)."""
+        try:
+            return backend.plan(commands, now)
+        except Exception:
+            return None
+
+    async def _decided_and_sent(self, backend: PlanningBackend, item: _Planned) -> Writing | None:
+        """Decide a plan and start writing it; None, with the plan
+        abandoned, if deciding or sending it failed (a poisoned command,
+        issue #17: the batch goes the long way, alone, which isolates it)."""
+        try:
+            await self._decide(backend, item.plan, item.commands)
+            assert self._runner is not None
+            return await self._runner.send_plan(item.plan, item.commands, item.now)
+        except Exception:
+            backend.abandon(item.plan)
+            return None
 
     @trio.lowlevel.enable_ki_protection  # (its own task: see serve)
     async def _commit(self, receive: trio.MemoryReceiveChannel[_Planned]) -> None:
@@ -704,37 +659,19 @@ class StorageActor:
                 if item.alone is not None:
                     item.alone.set()
 
-    async def _start_plan(
-        self, backend: PlanningBackend, plan: Any, commands: list[Command], now: float
-    ) -> _Writing | SentPlan:
-        """Start writing a decided plan: in the writer process if there is
-        one, else in the worker thread."""
-        process = self._process
-        if process is not None:
-            return await process.send_plan(plan, commands, now)
-        return self._in_worker(functools.partial(backend.execute_plan, plan, commands, now))
-
-    def _in_worker(self, fn: Callable[[], list[object]]) -> _Writing:
-        if self._worker is None:
-            self._worker = _Worker()
-        return self._worker.submit(fn)
-
-    async def _written(self, item: _Planned, writing: _Writing | SentPlan) -> None:
+    async def _written(self, item: _Planned, writing: Writing) -> None:
         """Wait until a planned batch is written; answer its writers."""
         self._done_with(item.batch, await self._outcomes(item.commands, writing.result()))
 
     async def _outcomes(
         self, commands: list[Command], running: Awaitable[list[object]]
     ) -> list[object]:
-        """The outcomes of a batch being applied; a failure fails each command."""
+        """The outcomes of a batch being applied; a failure of the store
+        fails each command (the runner isolated any command at fault)."""
         try:
             return await running
-        except StorageError as exc:
-            return [exc] * len(commands)
-        except Exception as exc:  # a driver error: the batch is lost, the actor goes on
-            error = BackendUnavailableError(f"batch of {len(commands)} writes failed: {exc!r}")
-            error.__cause__ = exc
-            return [error] * len(commands)
+        except Exception as exc:  # the batch is lost, the actor goes on
+            return [store_failure(exc, len(commands))] * len(commands)
 
     async def _run_backend(self, commands: list[Command]) -> list[object]:
         """Apply a batch the long way (injected faults first, if any)."""
@@ -747,14 +684,8 @@ class StorageActor:
         outcomes: list[object] = [error] * failed
         rest = commands[failed:]
         if rest:
-            now = self._clock.now()
-            if self._process is not None:
-                outcomes.extend(await self._process.apply(rest, now))
-            elif self._threaded:
-                apply = functools.partial(self._backend.apply, rest, now)
-                outcomes.extend(await self._in_worker(apply).result())
-            else:
-                outcomes.extend(self._backend.apply(rest, now))
+            assert self._runner is not None
+            outcomes.extend(await self._runner.apply(rest, self._clock.now()))
         return outcomes
 
     async def _decide(

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .._backend import Backend
 from ..model import _codec
 from ..model._commands import (
     ClaimTask,
@@ -84,7 +85,7 @@ def _oldest_first(records: Iterable[TaskRecord]) -> list[TaskRecord]:
     return sorted(records, key=lambda record: (record.created_at, record.id))
 
 
-class MemoryBackend:
+class MemoryBackend(Backend):
     """A store kept in dicts; see the module docstring.
 
     Not thread-safe: call it from one trio thread (``blocking`` is False, so

@@ -25,6 +25,7 @@ from ._commands import UpdateStatus as UpdateStatus
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConflictError as ConflictError
 from ._errors import CorruptStoreError as CorruptStoreError
+from ._errors import InvalidWriteError as InvalidWriteError
 from ._errors import LeaseHeldError as LeaseHeldError
 from ._errors import RecordNotFoundError as RecordNotFoundError
 from ._errors import SchemaVersionError as SchemaVersionError
@@ -70,6 +71,7 @@ __all__ = [
     "EventLike",
     "ExceptionRecord",
     "InboxItem",
+    "InvalidWriteError",
     "JournalEntry",
     "JournalWrite",
     "LeaseHeldError",

@@ -8,6 +8,7 @@
     ├── RecordNotFoundError    the command names a task that does not exist
     ├── StorageClosedError     the storage actor is closed (or died)
     ├── BackendUnavailableError the backend cannot be reached or opened
+    ├── InvalidWriteError      a command the backend cannot apply (also a ValueError)
     ├── CorruptStoreError      the database is not a taskactors store / is damaged
     └── SchemaVersionError     the database was made by a newer taskactors
 """
@@ -77,6 +78,22 @@ class StorageClosedError(StorageError):
 
 class BackendUnavailableError(StorageError):
     """The backend cannot be opened or reached."""
+
+
+class InvalidWriteError(StorageError, ValueError):
+    """A command that cannot be applied: its own fault, not the store's.
+
+    A value the backend cannot encode (a string that is not valid Unicode, an
+    integer out of range, a value of the wrong type...) or that its driver
+    refuses for this command alone. The command changed nothing; the other
+    writes of its batch are applied (issue #17). Retrying it fails again.
+    The backend's error is the ``__cause__``.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} write refused: the store cannot apply it ({reason})")
+        #: The command's class name (``CreateTask``, ``TaskWrite``...).
+        self.kind = kind
 
 
 class CorruptStoreError(StorageError):

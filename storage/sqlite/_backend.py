@@ -9,7 +9,7 @@ hope, so ``check_same_thread=False`` is safe). The storage actor decides a
 batch in trio first when it can (``plan``, ``decide``), so the worker
 thread mostly runs SQL, which lets go of the GIL. A batch is one ``BEGIN IMMEDIATE ...
 COMMIT`` transaction: one fsync for everything in it (group commit), and a
-handful of statements whatever its size (``_sqlite_commands.WriteBatch``).
+handful of statements whatever its size (``_commands.WriteBatch``).
 A command refused with a ``StorageError`` has changed nothing: the error
 becomes that command's outcome and the batch goes on. Anything else that
 fails (a driver error, the COMMIT itself) rolls the whole transaction back
@@ -30,8 +30,9 @@ locked beyond ``busy_timeout``, or a path that cannot be opened, gives
 Errors that can only come from a bug (a constraint failed, a parameter of
 the wrong type) are not mapped.
 
-The schema and its migrations are in ``_sqlite_schema.py``, the SQL of each
-command in ``_sqlite_commands.py``. Rows are tuples; they map to records by
+The schema and its migrations are in ``_schema.py``, the SQL of each
+command in ``_commands.py``; the writer process in ``_process.py`` (the
+parent's end) and ``_child.py``. Rows are tuples; they map to records by
 ``_rows.RowMapper`` (the columns are the records' fields, in order).
 """
 
@@ -45,8 +46,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from .. import _isolate
+from .._backend import Backend, WriteRunner
+from .._worker import open_thread_runner
 from ..model._commands import ClaimTask, Command, CreateTask, TaskWrite, UpdateStatus
 from ..model._errors import (
     BackendUnavailableError,
@@ -80,17 +84,23 @@ from ._commands import (
     select_task,
     task_ids,
 )
+from ._process import open_writer_process
 from ._rows import RowMapper
 from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    from ._process import WriterProcess
 
 T = TypeVar("T")
 
 _JOURNAL_MODES = frozenset({"wal", "delete", "truncate", "persist"})
 #: PRAGMA synchronous levels by name, and their numbers as SQLite reports them.
 _SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+
+#: sqlite3 errors about the values of one statement (see ``blames_command``).
+_COMMAND_FAULTS = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+)
 
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -137,7 +147,7 @@ def _select(
     One row comes back (all the records as one JSON text), so the query
     costs one step of the statement whatever the number of records: each
     step lets go of the GIL and must take it back, which a busy trio thread
-    makes slow (see ``_sqlite_commands``). The order of the inner query is
+    makes slow (see ``_commands``). The order of the inner query is
     the order of the aggregate (it has its ORDER BY, and SQLite feeds an
     aggregate in the order of a subquery it does not flatten); callers that
     need an order still sort, cheaply, on already sorted input.
@@ -161,7 +171,7 @@ def _rollback_quietly(connection: sqlite3.Connection) -> None:
 _ONE_TASK_COMMANDS = (CreateTask, TaskWrite, ClaimTask, UpdateStatus)
 
 
-class SQLiteBackend:
+class SQLiteBackend(Backend):
     """A store in one SQLite file; see the module docstring.
 
     Args:
@@ -174,7 +184,7 @@ class SQLiteBackend:
             process before the operation fails with BackendUnavailableError.
         max_idle_readers: reader connections kept open between reads.
         writer: where the storage actor's writes run: ``"process"`` (the
-            default: a child process of its own, see ``_sqlite_process.py``)
+            default: a child process of its own, see ``_process.py``)
             or ``"thread"`` (a worker thread of this process, which waits
             for the GIL whenever trio is busy: about a third slower under
             load, issue #5). A frozen application (PyInstaller and the
@@ -255,12 +265,23 @@ class SQLiteBackend:
             )
         return BackendUnavailableError(f"cannot {doing} {self.path}: {exc}")
 
+    def blames_command(self, error: Exception) -> bool:
+        """Whether a batch's error is a command's fault (issue #17): the
+        default's (a string that cannot be encoded, an integer out of
+        range...), or the errors ``sqlite3`` ties to a statement's values
+        (a constraint, a binding, a value SQLite cannot hold). Not a closed
+        connection, nor an operational error (locked, disk full, I/O): those
+        are the store's, already BackendUnavailableError."""
+        if isinstance(error, sqlite3.ProgrammingError):
+            return "closed" not in str(error)
+        return isinstance(error, _COMMAND_FAULTS) or _isolate.blames_command(error)
+
     @contextmanager
     def _mapped(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-            raise  # a bug in this module, not a state of the database
+        except _COMMAND_FAULTS:
+            raise  # a command's values, or a bug in this module: not a state of the database
         except sqlite3.Error as exc:
             raise self._translate(exc, doing) from exc
 
@@ -485,15 +506,13 @@ class SQLiteBackend:
 
     forget_rows = _forget_rows
 
-    # -- the writer process (see _sqlite_process.py) ------------------------------
-    def open_writer(self) -> AbstractAsyncContextManager[WriterProcess | None] | None:
-        """For the storage actor: the writer process to start (None: write
-        in the worker thread)."""
+    # -- the writer process (parent: _process.py, child: _child.py) --------------------------
+    def open_write_runner(self) -> AbstractAsyncContextManager[WriteRunner]:
+        """For the storage actor: the writer process (``writer="process"``),
+        else the worker thread."""
         if self.writer != "process" or getattr(sys, "frozen", False):
             # (a frozen application's executable cannot run ``-m``)
-            return None
-        from ._process import open_writer_process
-
+            return open_thread_runner(self, self)
         return open_writer_process(self)
 
     def child_args(self) -> list[str]:
@@ -588,7 +607,7 @@ class SQLiteBackend:
         with self._rows_lock:
             self._forget_rows()
             generation = self._generation
-        outcomes = self.apply(commands, now)
+        outcomes = _isolate.apply_isolating(self, commands, now)
         with self._rows_lock:
             forget_all = self._generation != generation or not all(
                 isinstance(command, _ONE_TASK_COMMANDS) for command in commands

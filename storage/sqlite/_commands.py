@@ -180,7 +180,7 @@ _RELEASE = "UPDATE tasks SET owner = NULL, lease_expires = NULL WHERE owner = ?"
 #: sizes keep the statement texts few (cached, parsed once) and the steps of
 #: a batch few: each statement is one trip out of the GIL and back. The
 #: writer process, which has the GIL to itself, stops at 256 rows (see
-#: ``_sqlite_process.py``): SQLite takes 40 ms to compile the insert of
+#: ``_process.py``): SQLite takes 40 ms to compile the insert of
 #: 4,096 tasks, 1 ms for 256 rows.
 STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256, 1024, 4096)
 

@@ -55,23 +55,27 @@ import logging
 import marshal
 import os
 import pickle
-import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ..model._errors import BackendUnavailableError, StorageClosedError, StorageError
+from .._backend import WriteRunner
+from .._isolate import invalid_write
+from .._worker import open_thread_runner
+from ..model._errors import (
+    BackendUnavailableError,
+    InvalidWriteError,
+    StorageClosedError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from ..model._commands import Command
-    from ._backend import SQLiteBackend
     from ._commands import WriteBatch
 
 PLAN, APPLY, RESUME = b"P", b"A", b"R"
@@ -84,8 +88,6 @@ _HEAR_OUT = 30.0
 #: seconds of its start, is not started again (it cannot open the file...).
 _QUICK_DEATHS = 3
 _QUICK_DEATH = 2.0
-#: The writer process's multi-row statement sizes (see ``child_main``).
-_CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
 #: The folder holding the ``storage`` package: the child imports it from there.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,141 +96,36 @@ def _frame(kind: bytes, body: bytes) -> bytes:
     return (len(body) + 1).to_bytes(_HEADER, "little") + kind + body
 
 
-# -- the child -------------------------------------------------------------------
-def _read_exactly(stream: Any, size: int) -> bytes | None:
-    data = stream.read(size)
-    if len(data) < size:
-        return None  # the parent closed the pipe (or died)
-    return bytes(data)
+class WriterHost(Protocol):
+    """What the parent's end needs of its backend (``SQLiteBackend`` has
+    it): the rows the parent holds to plan on, and, if no process can be
+    started, what the worker thread needs to write instead."""
 
+    def child_args(self) -> list[str]:
+        """The arguments of ``python -m storage.sqlite._process``."""
+        ...
 
-class _Checkpointer:
-    """Copies the WAL back into the database beside the writer (WAL mode).
+    def plan_is_current(self, batch: WriteBatch) -> bool: ...
 
-    SQLite's own automatic checkpoint runs in the committing connection,
-    inside its COMMIT, each time the WAL passes 1,000 pages: a batch of a few
-    hundred task writes touches a few hundred pages, so every third or
-    fourth commit stalled 10-30 ms (issue #5: half of scenario a's run). The
-    writer's automatic checkpoint is off; this thread, with a connection of
-    its own, runs a PASSIVE checkpoint (it never blocks the writer) after
-    commits, at most every ``pause`` seconds, mostly outside the GIL.
-    """
+    def plan_rows(self, batch: WriteBatch) -> tuple[list[Any], ...]: ...
 
-    def __init__(self, path: str, busy_timeout: float, pause: float = 0.02) -> None:
-        self._path = path
-        self._busy_timeout = busy_timeout
-        self._pause = pause
-        self._wanted = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name="taskactors WAL checkpoint", daemon=True
-        )
-        self._thread.start()
+    def plan_written(self, batch: WriteBatch) -> None: ...
 
-    def committed(self) -> None:
-        self._wanted.set()
+    def rows_applied(
+        self, commands: Sequence[Command], rows: dict[str, list[Any]], forget_all: bool
+    ) -> None: ...
 
-    def close(self) -> None:
-        self._closed = True
-        self._wanted.set()
-        self._thread.join()
+    def forget_rows(self) -> None: ...
 
-    def _run(self) -> None:
-        connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
-        try:
-            while True:
-                self._wanted.wait()
-                if self._closed:
-                    return
-                self._wanted.clear()
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # the next commit tries again
-                    print(f"taskactors WAL checkpoint failed: {exc}", file=sys.stderr)
-                time.sleep(self._pause)
-        finally:
-            connection.close()
+    def abandon(self, batch: WriteBatch) -> None: ...
 
+    def blames_command(self, error: Exception) -> bool: ...
 
-def _as_storage_error(exc: Exception) -> StorageError:
-    if isinstance(exc, StorageError):
-        return exc
-    return BackendUnavailableError(f"the SQLite writer process failed: {exc!r}")
+    def apply(self, commands: Sequence[Command], now: float) -> list[object]: ...
 
-
-def _pickled(value: object) -> bytes:
-    try:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # an outcome that cannot cross: say so, do not die
-        error = BackendUnavailableError(f"the SQLite writer process cannot send {value!r}: {exc!r}")
-        return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """The child: ``python -m storage.sqlite._process PATH JOURNAL SYNC TIMEOUT``."""
-    from . import _commands as _sqlite_commands
-    from ._backend import SQLiteBackend
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # No GIL to share here: more statements of fewer rows, each quick to
-    # compile (the first batch of 4,096 new tasks waited 56 ms for it).
-    _sqlite_commands.STATEMENT_SIZES = _CHILD_STATEMENT_SIZES
-    path, journal_mode, synchronous, busy_timeout = argv
-    backend = SQLiteBackend(
-        path, journal_mode=journal_mode, synchronous=synchronous, busy_timeout=float(busy_timeout)
-    )
-    backend.open()
-    backend.child_started()
-    checkpointer = None
-    if backend.journal_mode == "wal":
-        backend.set_autocheckpoint(0)
-        checkpointer = _Checkpointer(path, backend.busy_timeout)
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
-    refusing = False
-    try:
-        while True:
-            header = _read_exactly(source, _HEADER)
-            if header is None:
-                return 0
-            body = _read_exactly(source, int.from_bytes(header, "little"))
-            if body is None:
-                return 0
-            kind, body = body[:1], body[1:]
-            if kind == PLAN:
-                if refusing:
-                    reply = _frame(STALE, b"")
-                else:
-                    try:
-                        written = backend.write_planned(marshal.loads(body))
-                    except Exception as exc:
-                        refusing = True
-                        reply = _frame(FAILED, _pickled(_as_storage_error(exc)))
-                    else:
-                        refusing = not written
-                        reply = _frame(OK if written else STALE, b"")
-                        if written and checkpointer is not None:
-                            checkpointer.committed()
-            elif kind == APPLY:
-                commands, now = pickle.loads(body)
-                try:
-                    result: object = backend.apply_for_parent(commands, now)
-                except Exception as exc:
-                    result = _as_storage_error(exc)
-                if checkpointer is not None:
-                    checkpointer.committed()
-                reply = _frame(APPLIED, _pickled(result))
-            elif kind == RESUME:
-                refusing = False
-                continue  # no reply
-            else:
-                print(f"taskactors SQLite writer: unknown frame {kind!r}", file=sys.stderr)
-                return 2
-            sink.write(reply)
-            sink.flush()
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
-        backend.close()
+    def execute_plan(
+        self, batch: WriteBatch, commands: Sequence[Command], now: float
+    ) -> list[object]: ...
 
 
 # -- the parent ------------------------------------------------------------------
@@ -260,7 +157,7 @@ class WriterProcess:
     task decides and sends plans, one answers them; see ``StorageActor``).
     """
 
-    def __init__(self, backend: SQLiteBackend, process: trio.Process) -> None:
+    def __init__(self, backend: WriterHost, process: trio.Process) -> None:
         self._backend = backend
         self._adopt(process)
         #: Deaths in a row, each within ``_QUICK_DEATH`` s of its start.
@@ -437,7 +334,9 @@ class WriterProcess:
             if reply.kind == FAILED:
                 error = pickle.loads(reply.body)
                 assert isinstance(error, BaseException)
-                raise error
+                if not isinstance(error, InvalidWriteError):
+                    raise error
+                # A command's fault (issue #17): the long way isolates it.
             return await self.apply(sent.commands, sent.now)
         finally:
             await self._resume_if_drained()
@@ -451,10 +350,35 @@ class WriterProcess:
                 draining.set()
 
     async def apply(self, commands: Sequence[Command], now: float) -> list[object]:
-        """Apply commands the long way, in the child; their outcomes."""
-        reply = await self._send(APPLY, _apply_body(commands, now))
+        """Apply commands the long way, in the child, which isolates a
+        command at fault (issue #17); their outcomes."""
+        try:
+            body = _apply_body(commands, now)
+        except Exception as exc:
+            if not self._backend.blames_command(exc):
+                raise
+            return await self._apply_crossing(commands, now)
+        reply = await self._send(APPLY, body)
         await reply.wait()
         return self._applied(reply, commands)
+
+    async def _apply_crossing(self, commands: Sequence[Command], now: float) -> list[object]:
+        """Apply the commands that can cross to the child (pickle); the
+        others fail alone with InvalidWriteError, applied nowhere."""
+        outcomes: list[object] = [None] * len(commands)
+        crossing: list[int] = []
+        for index, command in enumerate(commands):
+            try:
+                pickle.dumps(command, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                outcomes[index] = invalid_write(command, exc)
+            else:
+                crossing.append(index)
+        if crossing:
+            applied = await self.apply([commands[index] for index in crossing], now)
+            for index, outcome in zip(crossing, applied, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
     def _applied(self, reply: _Reply, commands: Sequence[Command]) -> list[object]:
         result = pickle.loads(reply.body)
@@ -506,16 +430,16 @@ def _apply_body(commands: Sequence[Command], now: float) -> bytes:
 
 
 @asynccontextmanager
-async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterProcess | None]:
+async def open_writer_process(backend: WriterHost) -> AsyncIterator[WriteRunner]:
     """Start the child for an open backend; on exit, close its stdin and
-    wait until it has written everything sent and ended. None (and a
-    warning) if no process can be started: the store writes from its
-    worker thread instead."""
+    wait until it has written everything sent and ended. If no process can
+    be started: a warning, and the worker thread's runner instead."""
     try:
         process = await _spawn(backend)
     except OSError as exc:
         log.warning("cannot start the SQLite writer process (%s): writing from a thread", exc)
-        yield None
+        async with open_thread_runner(backend, backend) as runner:
+            yield runner
         return
     writer = WriterProcess(backend, process)
     try:
@@ -537,7 +461,7 @@ async def open_writer_process(backend: SQLiteBackend) -> AsyncIterator[WriterPro
             writer._process.kill()
 
 
-async def _spawn(backend: SQLiteBackend) -> trio.Process:
+async def _spawn(backend: WriterHost) -> trio.Process:
     """Start a child for the backend. Raises OSError."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -552,4 +476,7 @@ async def _spawn(backend: SQLiteBackend) -> trio.Process:
 
 
 if __name__ == "__main__":
+    # The child (``_child.py``), started as ``python -m storage.sqlite._process``.
+    from storage.sqlite._child import child_main
+
     sys.exit(child_main(sys.argv[1:]))

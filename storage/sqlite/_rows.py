@@ -1,7 +1,7 @@
 """Records as SQL rows: a tuple of the record's fields, in field order.
 
 A table's columns are named after its record's fields, in the same order
-(``_sqlite_schema.py``), so a row *is* the record's fields. ``RowMapper``
+(``_schema.py``), so a row *is* the record's fields. ``RowMapper``
 turns one into the other without a dict in between: enum fields are stored
 as their values and bools as integers; everything else is kept as it is.
 

@@ -1,4 +1,4 @@
-"""The SQLite writer process (``storage/_sqlite_process.py``): the default
+"""The SQLite writer process (``storage/sqlite/_process.py``): the default
 writer of a file store. The contract suite runs on it already; these tests
 check what only it has: plans refused after another process wrote, in order,
 a writer process that dies, and the option that keeps the writer a thread.
@@ -21,7 +21,9 @@ import trio
 import storage
 from storage import BackendUnavailableError, NewEvent, StaleEpochError, TaskState, TaskWrite
 from storage._open import backend_from_url
+from storage._worker import ThreadRunner
 from storage.sqlite._backend import SQLiteBackend
+from storage.sqlite._process import WriterProcess
 
 from .test_sqlite import make_task
 
@@ -34,8 +36,8 @@ def path(tmp_path: Path) -> Path:
 
 
 def _child(store: storage.Store) -> trio.Process:
-    process = store._writer._process
-    assert process is not None, "the store has no writer process"
+    process = store._writer._runner
+    assert isinstance(process, WriterProcess), "the store has no writer process"
     return process._process
 
 
@@ -171,18 +173,17 @@ async def test_a_store_that_cannot_start_its_writer_process_writes_from_a_thread
     async with storage.open(f"sqlite:///{path}") as store:
         await store.put_task(make_task("a"), [NewEvent("submitted")])
         await store.write(TaskWrite("a", events=(NewEvent("one"),)))
-        assert store._writer._process is None
+        assert isinstance(store._writer._runner, ThreadRunner)
         assert [event.kind for event in await store.read_events("a")] == ["submitted", "one"]
     assert "cannot start the SQLite writer process (no processes here)" in caplog.text
 
 
-def test_a_frozen_application_writes_from_a_thread(
+async def test_a_frozen_application_writes_from_a_thread(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = SQLiteBackend(path)
-    assert backend.open_writer() is not None
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    assert backend.open_writer() is None
+    async with SQLiteBackend(path).open_write_runner() as runner:
+        assert isinstance(runner, ThreadRunner)
 
 
 def test_writers_learn_the_truth_when_the_store_is_cancelled_mid_batch(tmp_path: Path) -> None:
