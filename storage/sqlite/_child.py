@@ -1,6 +1,6 @@
 """The SQLite writer process's own side: the child's loop (see ``_process.py``).
 
-Started as ``python -m storage.sqlite._process PATH JOURNAL SYNC TIMEOUT``
+Started as ``python -m storage.sqlite._child PATH JOURNAL SYNC TIMEOUT``
 (the parent's module runs ``child_main`` here), with a ``SQLiteBackend`` of
 its own on the same file. It reads frames from stdin and answers each on
 stdout, in order; it never dies of a write: a command that cannot be
@@ -23,7 +23,7 @@ from typing import Any
 from ..model._errors import BackendUnavailableError, InvalidWriteError, StorageError
 from . import _commands as _sqlite_commands
 from ._backend import SQLiteBackend
-from ._process import _HEADER, APPLIED, APPLY, FAILED, OK, PLAN, RESUME, STALE, _frame
+from ._pipe import _HEADER, APPLIED, APPLY, FAILED, OK, PLAN, RESUME, STALE, _frame
 
 #: The writer process's multi-row statement sizes (see ``child_main``).
 _CHILD_STATEMENT_SIZES: tuple[int, ...] = (16, 64, 256)
@@ -116,7 +116,7 @@ def _error_pickled(error: StorageError) -> bytes:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """The child: ``python -m storage.sqlite._process PATH JOURNAL SYNC TIMEOUT``."""
+    """The child: ``python -m storage.sqlite._child PATH JOURNAL SYNC TIMEOUT``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # No GIL to share here: more statements of fewer rows, each quick to
     # compile (the first batch of 4,096 new tasks waited 56 ms for it).
@@ -177,3 +177,7 @@ def child_main(argv: Sequence[str]) -> int:
         if checkpointer is not None:
             checkpointer.close()
         backend.close()
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

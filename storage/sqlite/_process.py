@@ -73,14 +73,12 @@ from ..model._errors import (
     StorageClosedError,
     StorageError,
 )
+from ._pipe import _HEADER, APPLY, FAILED, OK, PLAN, RESUME, _frame
 
 if TYPE_CHECKING:
     from ..model._commands import Command
     from ._commands import WriteBatch
 
-PLAN, APPLY, RESUME = b"P", b"A", b"R"
-OK, STALE, FAILED, APPLIED = b"o", b"s", b"f", b"a"
-_HEADER = 4
 log = logging.getLogger("taskactors.storage")
 #: Seconds a cancelled store still waits for the answers to frames it sent.
 _HEAR_OUT = 30.0
@@ -92,17 +90,13 @@ _QUICK_DEATH = 2.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _frame(kind: bytes, body: bytes) -> bytes:
-    return (len(body) + 1).to_bytes(_HEADER, "little") + kind + body
-
-
 class WriterHost(Protocol):
     """What the parent's end needs of its backend (``SQLiteBackend`` has
     it): the rows the parent holds to plan on, and, if no process can be
     started, what the worker thread needs to write instead."""
 
     def child_args(self) -> list[str]:
-        """The arguments of ``python -m storage.sqlite._process``."""
+        """The arguments of ``python -m storage.sqlite._child``."""
         ...
 
     def plan_is_current(self, batch: WriteBatch) -> bool: ...
@@ -468,15 +462,8 @@ async def _spawn(backend: WriterHost) -> trio.Process:
         [_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     return await trio.lowlevel.open_process(
-        [sys.executable, "-m", "storage.sqlite._process", *backend.child_args()],
+        [sys.executable, "-m", "storage.sqlite._child", *backend.child_args()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
     )
-
-
-if __name__ == "__main__":
-    # The child (``_child.py``), started as ``python -m storage.sqlite._process``.
-    from storage.sqlite._child import child_main
-
-    sys.exit(child_main(sys.argv[1:]))

@@ -60,7 +60,23 @@ def services_required() -> bool:
     return os.environ.get("TASKACTORS_REQUIRE_SERVICES") == "1"
 
 
-@pytest.fixture(params=BACKENDS, ids=[backend.id for backend in BACKENDS])
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*ids): run a contract test on these backends only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every backend, or those a ``backends`` mark names (a property only some
+    # backends have, such as text they must encode), so that no test is
+    # generated only to be skipped.
+    if "open_store" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("backends")
+    chosen = [b for b in BACKENDS if mark is None or b.id in mark.args]
+    assert chosen, f"no backend named {mark.args if mark else ()}"
+    metafunc.parametrize("open_store", chosen, ids=[b.id for b in chosen], indirect=True)
+
+
+@pytest.fixture
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
     """A callable opening a store on the backend under test (an async CM)."""
     backend: ContractBackend = request.param

@@ -182,13 +182,13 @@ async def test_a_poisoned_key_fails_alone(
         await _poisoned_batch(store, _poisons(UNKEYABLE)[kind], kind)
 
 
+# (The memory backend keeps Python strings as they are: no poison there.)
+@pytest.mark.backends("sqlite", "sqlite-thread")
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_string_that_is_not_unicode_fails_alone(
     open_store: StoreOpener, kind: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_store() as store:
-        if not store.backend.blocking:
-            pytest.skip("the memory backend keeps Python strings as they are")
         await _poisoned_batch(store, _payload_poisons(SURROGATE)[kind], kind)
 
 
