@@ -52,6 +52,7 @@ from storage import (
     encode,
     quote,
 )
+from storage.model import check_int, check_json, check_text
 
 from ..core._errors import (
     ActorStoppedError,
@@ -204,6 +205,8 @@ class Runtime:
             TypeError: input or metadata is not JSON-serializable.
             RuntimeClosedError: the runtime is closing.
         """
+        check_text(name=name, task_id=task_id, user_id=user_id, thread_id=thread_id)
+        check_json(input=input, metadata=metadata)
         record, event = self._new_task(
             name, input, task_id, user_id, thread_id, metadata, strategy, None, None
         )
@@ -312,6 +315,8 @@ class Runtime:
             TaskNotFound, RequestRejected, InvalidTransition (finished task),
             TaskOwnedElsewhere, TypeError (input not JSON-serializable).
         """
+        check_text(task_id=task_id, user_id=user_id)
+        check_json(input=input)
         encode(input)
         return await self._deliver(task_id, user_id, SendInput(input))
 
@@ -327,6 +332,7 @@ class Runtime:
             TaskNotFound, InvalidTransition (e.g. RESUME of a running task),
             TaskOwnedElsewhere.
         """
+        check_text(task_id=task_id, user_id=user_id)
         chosen = Signal(signal)
         return await self._deliver(task_id, user_id, SendSignal(chosen))
 
@@ -341,6 +347,7 @@ class Runtime:
         Raises:
             TaskNotFound; NotCancelable: the task completed, failed or was rejected.
         """
+        check_text(task_id=task_id, reason=reason, user_id=user_id)
         return await self._deliver(task_id, user_id, CancelTask(reason))
 
     async def _deliver(self, task_id: str, user_id: str | None, message: Message) -> TaskInfo:
@@ -469,6 +476,7 @@ class Runtime:
         Raises:
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
         return TaskInfo.from_record(await self._load(task_id, user_id))
 
     async def list(
@@ -482,6 +490,8 @@ class Runtime:
         limit: int | None = None,
     ) -> list[TaskInfo]:
         """Tasks matching every given filter, oldest first."""
+        check_text(user_id=user_id, thread_id=thread_id, parent_id=parent_id, name=name)
+        check_int(limit=limit)
         self._check_open()
         records = await self.store.list_tasks(
             user_id=user_id,
@@ -497,6 +507,8 @@ class Runtime:
         self, task_id: str, *, after: int = 0, limit: int | None = None, user_id: str | None = None
     ) -> builtins.list[TaskEvent]:
         """The task's committed events with seq > after, in order."""
+        check_text(task_id=task_id, user_id=user_id)
+        check_int(after=after, limit=limit)
         await self._load(task_id, user_id)
         events = await self.store.read_events(task_id, after, limit)
         return [TaskEvent.from_stored(e) for e in events]
@@ -522,6 +534,8 @@ class Runtime:
         Raises:
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
+        check_int(after=after)
         await self._load(task_id, user_id)
         stream = EventStream(
             self.hub,
@@ -548,6 +562,7 @@ class Runtime:
         by itself. A subscriber that falls ``buffer`` events behind gets
         ``SubscriptionLagged``: catch up through ``history`` per task.
         """
+        check_text(user_id=user_id)
         stream = AllEventsStream(self.hub, self.store, user_id, buffer)
         try:
             yield stream
@@ -562,6 +577,7 @@ class Runtime:
         states: Iterable[TaskState | str] | None = None,
     ) -> TaskInfo:
         """Wait until the task is in one of ``states`` (default: finished)."""
+        check_text(task_id=task_id, user_id=user_id)
         wanted = frozenset(TaskState(s) for s in states) if states is not None else TERMINAL_STATES
         reached, _ = await self._wait_for(task_id, user_id, wanted)
         if isinstance(reached, TaskRecord):
@@ -618,6 +634,7 @@ class Runtime:
             TaskCancelled: it was cancelled or rejected.
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
         reached, text = await self._wait_for(task_id, user_id, TERMINAL_STATES)
         if reached is S.COMPLETED and text is not None:
             return decode(text)  # (what the store keeps: the same text)
@@ -643,6 +660,7 @@ class Runtime:
     ) -> dict[str, Any]:
         """Token usage of a thread (see Store.aggregate_tokens_by_thread); with
         ``user_id``, of that user's tasks only."""
+        check_text(thread_id=thread_id, user_id=user_id)
         self._check_open()
         return await self.store.aggregate_tokens_by_thread(
             thread_id, include_active, user_id=user_id

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
@@ -39,7 +40,8 @@ import cattrs
 from cattrs.v import format_exception
 
 import storage
-from storage import StorageError, StoredEvent, TaskState
+from storage import InvalidValueError, StorageError, StoredEvent, TaskState
+from storage.model import MAX_INT, storable_json
 
 from ..core._errors import (
     ActorsError,
@@ -56,6 +58,8 @@ from ..core._errors import (
 from ..core._info import TaskEvent
 from ..core._lifecycle import Strategy
 from ..core._messages import Signal
+from ..core._wire import ErrorCode as ErrorCode
+from ..core._wire import Op
 
 if TYPE_CHECKING:
     from ..runtime._events import EventBatch
@@ -69,45 +73,6 @@ MAX_LIMIT: Final = 10_000
 
 #: The ``id`` of a request: echoed in its reply (None when the request had none).
 RequestId: TypeAlias = str | int | None
-
-
-class ErrorCode(enum.StrEnum):
-    """Stable codes of error replies (``{"ok": false, "error": {"code", "message"}}``)."""
-
-    #: The frame is not JSON text (binary, malformed, NaN/Infinity, or too deep to parse).
-    BAD_JSON = "bad_json"
-    #: The frame is JSON but not a valid request: not an object, a field missing,
-    #: mistyped, out of range or unknown, nested too deep, or a non-JSON input.
-    BAD_REQUEST = "bad_request"
-    #: ``op`` names no operation.
-    UNKNOWN_OP = "unknown_op"
-    #: No valid token (the connection is then closed with 1008), or a second
-    #: ``auth`` naming another user.
-    UNAUTHORIZED = "unauthorized"
-    #: No such task, or a task of another user (the two read the same).
-    NOT_FOUND = "not_found"
-    #: ``submit`` names a handler that is not registered (or a task's handler is unknown here).
-    UNKNOWN_NAME = "unknown_name"
-    #: ``submit`` with a ``task_id`` that another user's task has taken, or
-    #: ``usage`` of a thread id that another user's tasks share.
-    CONFLICT = "conflict"
-    #: The task's lifecycle refuses the request in its state (e.g. resume a completed task).
-    INVALID_TRANSITION = "invalid_transition"
-    #: ``cancel`` of a completed, failed or rejected task.
-    NOT_CANCELABLE = "not_cancelable"
-    #: ``send`` to a busy task whose strategy is ``reject``.
-    REJECTED = "rejected"
-    #: The frame is larger than the server's ``max_frame``.
-    TOO_LARGE = "too_large"
-    #: The connection already has ``max_subscriptions`` open subscriptions.
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    #: ``unsubscribe`` names no open subscription of this connection.
-    UNKNOWN_SUBSCRIPTION = "unknown_subscription"
-    #: The runtime is closing, another node runs the task, or the store is
-    #: unreachable: try again later.
-    UNAVAILABLE = "unavailable"
-    #: A server bug; the message says nothing more (the server logs it).
-    INTERNAL = "internal"
 
 
 class ProtocolError(ActorsError):
@@ -134,6 +99,8 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int | None)
 def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if value < 0:
         raise _Invalid(f"{attribute.name}: expected a seq >= 0")
+    if value > MAX_INT:
+        raise _Invalid(f"{attribute.name}: expected a seq <= {MAX_INT}")
 
 
 def _after_bounds(instance: Any, attribute: attrs.Attribute[Any], value: After) -> None:
@@ -145,6 +112,8 @@ def _after_bounds(instance: Any, attribute: attrs.Attribute[Any], value: After) 
             raise _Invalid(f"after: expected at most {MAX_AFTER_TASKS} tasks")
         if any(seq < 0 for seq in value.values()):
             raise _Invalid("after: expected seqs >= 0")
+        if any(seq > MAX_INT for seq in value.values()):
+            raise _Invalid(f"after: expected seqs <= {MAX_INT}")
 
 
 #: ``after`` of ``subscribe``: a seq (one task), or task id -> seq (all tasks).
@@ -269,17 +238,17 @@ Operation: TypeAlias = (
 
 #: Operation classes by their ``op`` name.
 OPERATIONS: Final[Mapping[str, type[Operation]]] = {
-    "auth": Auth,
-    "submit": Submit,
-    "send": Send,
-    "cancel": Cancel,
-    "signal": SignalTask,
-    "get": Get,
-    "list": ListTasks,
-    "history": History,
-    "subscribe": Subscribe,
-    "unsubscribe": Unsubscribe,
-    "usage": Usage,
+    Op.AUTH: Auth,
+    Op.SUBMIT: Submit,
+    Op.SEND: Send,
+    Op.CANCEL: Cancel,
+    Op.SIGNAL: SignalTask,
+    Op.GET: Get,
+    Op.LIST: ListTasks,
+    Op.HISTORY: History,
+    Op.SUBSCRIBE: Subscribe,
+    Op.UNSUBSCRIBE: Unsubscribe,
+    Op.USAGE: Usage,
 }
 
 
@@ -386,6 +355,24 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+_TOO_DEEP: Final = f"nested deeper than {MAX_DEPTH} levels"
+
+#: A ``\u`` escape of a surrogate (D800 to DFFF), or a surrogate itself.
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+
+
+def _may_hold_surrogates(message: str) -> bool:
+    """Whether a frame's text may parse into a string the store cannot keep.
+
+    A lone surrogate (no UTF-8 form) can only come from a ``\\uD800``-style
+    escape (a websocket text frame is valid UTF-8), so one regex over the
+    frame spares walking every field of the frames that have none (issue #17).
+    It may say yes for nothing (an escaped backslash, a valid pair): the walk
+    then decides.
+    """
+    return _SURROGATE.search(message) is not None
+
+
 def frame_size(message: str | bytes) -> int:
     """Size of a message in bytes (text as UTF-8)."""
     if isinstance(message, bytes):
@@ -412,7 +399,11 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
         raise ProtocolError(ErrorCode.BAD_JSON, "binary frames are not accepted: send JSON text")
     try:
         raw = json.loads(message, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Nested deeper than json's parser recurses (about 1,000 levels): too
+        # deep, like anything over MAX_DEPTH, whatever else may be wrong with it.
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _TOO_DEEP) from None
+    except ValueError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a request is a JSON object")
@@ -422,9 +413,7 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
     ):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "id: expected a string or an integer")
     if _depth(raw) > MAX_DEPTH:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"nested deeper than {MAX_DEPTH} levels", request_id
-        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _TOO_DEEP, request_id)
     name = raw.get("op")
     if name is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "op: required field missing", request_id)
@@ -441,6 +430,12 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
         op = _wire.structure(fields, op_type)
     except cattrs.BaseValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, _problems(exc, name), request_id) from None
+    if _may_hold_surrogates(message):
+        try:
+            for key, value in fields.items():
+                storable_json(f"{name}.{key}", value, max_depth=MAX_DEPTH)
+        except InvalidValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), request_id) from None
     return RequestFrame(request_id, op)
 
 
@@ -458,6 +453,8 @@ ERROR_CODES: Final[Sequence[tuple[type[BaseException], ErrorCode]]] = (
     (ActorStoppedError, ErrorCode.UNAVAILABLE),
     (storage.BackendUnavailableError, ErrorCode.UNAVAILABLE),
     (storage.StorageClosedError, ErrorCode.UNAVAILABLE),
+    # Text or a number the store cannot keep (a runtime or store edge refused it).
+    (InvalidValueError, ErrorCode.BAD_REQUEST),
     # Raised by the runtime for an input or metadata that has no JSON form.
     (TypeError, ErrorCode.BAD_REQUEST),
 )

@@ -435,7 +435,7 @@ class _Connection:
                     user_id=user_id, thread_id=op.thread_id, states=op.states, limit=op.limit
                 )
             case History():
-                return await rt.history(op.task_id, after=op.after, limit=op.limit, user_id=user_id)
+                return await self._history(op)
             case Subscribe():
                 return await self._subscribe(frame.id, op)
             case Unsubscribe():
@@ -449,6 +449,16 @@ class _Connection:
         if self._tokens is not None and user_for_token(self._tokens, op.token) != self.user_id:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "this token is not the connection's user's")
         return {"user_id": self.user_id}
+
+    async def _history(self, op: History) -> Any:
+        """A task's events after ``op.after``; ``bad_request`` if that is past its last one."""
+        events = await self.rt.history(
+            op.task_id, after=op.after, limit=op.limit, user_id=self.user_id
+        )
+        if not events and op.after > 0:
+            # (only an empty page can mean "past the end": the common case reads once)
+            await self._check_after(op.task_id, op.after)
+        return events
 
     async def _usage(self, op: Usage) -> Any:
         """Token usage of a thread, counting only this user's tasks."""

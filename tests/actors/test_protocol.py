@@ -100,7 +100,7 @@ def test_the_request_id_is_echoed_when_it_can_be_read() -> None:
     ("frame", "code", "message"),
     [
         ("{", ErrorCode.BAD_JSON, "malformed JSON"),
-        ("[" * 100_000, ErrorCode.BAD_JSON, "malformed JSON"),
+        ("[" * 100_000, ErrorCode.BAD_REQUEST, "nested deeper than 64 levels"),
         ('{"op": "list", "limit": Infinity}', ErrorCode.BAD_JSON, "Infinity is not JSON"),
         (b"{}", ErrorCode.BAD_JSON, "binary"),
         ('"list"', ErrorCode.BAD_REQUEST, "a request is a JSON object"),
