@@ -49,7 +49,7 @@ class InvalidTransitionError(ClientError):
 
 
 class ConflictError(ClientError):
-    """The task id (or the thread id of ``usage``) belongs to another user."""
+    """The task id belongs to another user's task (``conflict``)."""
 
 
 class BadRequestError(ClientError):

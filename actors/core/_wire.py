@@ -29,8 +29,9 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     #: ``submit`` names a handler that is not registered (or a task's handler is unknown here).
     UNKNOWN_NAME = "unknown_name"
-    #: ``submit`` with a ``task_id`` that another user's task has taken, or
-    #: ``usage`` of a thread id that another user's tasks share.
+    #: ``submit`` with a ``task_id`` that another user's task has taken.
+    #: (``usage`` of a thread shared with another user counts only the
+    #: caller's tasks: no error.)
     CONFLICT = "conflict"
     #: The task's lifecycle refuses the request in its state (e.g. resume a completed task).
     INVALID_TRANSITION = "invalid_transition"
