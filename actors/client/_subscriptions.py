@@ -1,6 +1,6 @@
 """Subscriptions of the websocket client: raw ones, and exactly-once watches.
 
-A ``Subscription`` is fed by the client's reader loop (``_push``, ``_end``,
+A ``ClientSubscription`` is fed by the client's reader loop (``_push``, ``_end``,
 ``_fail``, never blocking) and drained by its consumer. A ``Watcher`` chains
 subscriptions of one task: after a lag or a drop it subscribes again after
 the last seq it yielded (see the theory of operation in ``_client.py``).
@@ -19,7 +19,8 @@ from ..core._errors import SubscriptionLagged
 from ._errors import ClientConnectionError, ClientError, Lagged
 
 if TYPE_CHECKING:
-    from ._client import Client, _Connection
+    from ._client import Client
+    from ._connection import _Connection
 
 log = logging.getLogger("taskactors.client")
 
@@ -39,8 +40,12 @@ def is_terminal(event: Json) -> bool:
     )
 
 
-class Subscription:
+class ClientSubscription:
     """The events of one subscription, as dicts, in order.
+
+    (Not ``storage.Subscription``, the messages of a store's publish/subscribe
+    channel; the old name of this one, ``actors.client.Subscription``, stays
+    importable as an alias: issue #18.)
 
     Iterate with ``async for``. Iteration ends after ``end`` (the terminal
     event of a one-task subscription); it raises ``SubscriptionLagged`` (with
@@ -103,7 +108,7 @@ class Subscription:
         self._connection.forget(self, unsubscribe=live)
         self._wakeup.set()
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> ClientSubscription:
         return self
 
     async def __anext__(self) -> Json:
@@ -116,6 +121,10 @@ class Subscription:
                 raise self._error
             await self._wakeup.wait()
             self._wakeup = trio.Event()
+
+
+#: The former name of ``ClientSubscription``, kept importable.
+Subscription = ClientSubscription
 
 
 class Watcher:
@@ -140,7 +149,7 @@ class Watcher:
         self.resubscribed = 0
         self._client = client
         self._reconnect_timeout = reconnect_timeout
-        self._subscription: Subscription | None = None
+        self._subscription: ClientSubscription | None = None
         self._done = False
 
     def close(self) -> None:
@@ -183,7 +192,7 @@ class Watcher:
                 self.close()
             return event
 
-    async def _subscribe(self) -> Subscription:
+    async def _subscribe(self) -> ClientSubscription:
         """Subscribe after the last seq, retrying while the server is unreachable."""
         deadline = trio.current_time() + self._reconnect_timeout
         delay = 0.05

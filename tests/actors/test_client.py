@@ -369,3 +369,16 @@ async def test_an_error_in_the_block_comes_out_unwrapped(nursery: trio.Nursery) 
     with pytest.raises(KeyError):
         async with open_client(url):
             raise KeyError("mine")
+
+
+def test_the_client_names_that_clashed_with_storage_keep_their_old_names_as_aliases() -> None:
+    import storage
+    from actors import client
+
+    assert client.ConflictError is client.ClientConflictError
+    assert client.Subscription is client.ClientSubscription
+    assert client.ClientConflictError is not storage.ConflictError
+    assert client.ClientSubscription is not storage.Subscription
+    assert client.error_from_reply({"code": "conflict", "message": "m"}).__class__ is (
+        client.ClientConflictError
+    )
