@@ -155,7 +155,7 @@ class _Connection:
     def dispatch(self, message: str | bytes) -> None:
         try:
             frame = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than json parses)
             log.warning("ignored a frame that is not JSON: %.80r", message)
             return
         if not isinstance(frame, dict):

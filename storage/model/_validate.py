@@ -97,26 +97,22 @@ def storable_json(field: str, value: Any, *, max_depth: int = MAX_JSON_DEPTH) ->
     if kind is not dict and kind is not list and kind is not tuple:
         return  # (a scalar: nothing to walk)
     # The path to each item is kept as (parent trail, key) links and spelled
-    # out only for an error: a walk makes no strings.
-    stack: list[tuple[Any, _Trail, int]] = [(value, None, 0)]
+    # out only for an error; only containers go on the stack: a walk of an
+    # ordinary value makes no strings and few objects.
+    stack: list[tuple[Any, _Trail, int]] = [(value, None, 1)]
     while stack:
         item, trail, depth = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii() and (problem := _unstorable(item)) is not None:
-                raise InvalidValueError(_path(field, trail), problem)
-        elif isinstance(item, dict | list | tuple):
-            depth += 1
-            if depth > max_depth:
-                raise InvalidValueError(field, f"nested deeper than {max_depth} levels")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    if isinstance(key, str) and not key.isascii():
-                        problem = _unstorable(key)
-                        if problem is not None:
-                            raise InvalidValueError(_path(field, trail), f"key {key!r}: {problem}")
-                    stack.append((child, (trail, key), depth))
-            else:
-                stack.extend((child, (trail, index), depth) for index, child in enumerate(item))
+        if depth > max_depth:
+            raise InvalidValueError(field, f"nested deeper than {max_depth} levels")
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if type(key) is str and not key.isascii() and (problem := _unstorable(key)):
+                raise InvalidValueError(_path(field, trail), f"key {key!r}: {problem}")
+            if isinstance(child, str):
+                if not child.isascii() and (problem := _unstorable(child)):
+                    raise InvalidValueError(_path(field, (trail, key)), problem)
+            elif isinstance(child, dict | list | tuple):
+                stack.append((child, (trail, key), depth + 1))
 
 
 def _path(field: str, trail: _Trail) -> str:
