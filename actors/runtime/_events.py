@@ -10,7 +10,7 @@ seqs. One batch object is shared by every subscriber of its task, so fan-out
 costs O(1) per subscriber and committed batch, whatever the batch's length:
 the events are decoded at most once (when a consumer first asks), and a
 consumer that needs another form of them (the websocket server's JSON text,
-see ``_protocol.EventEncoder``) makes it once for everyone.
+see ``server._frames.EventEncoder``) makes it once for everyone.
 
 Each subscriber has a ``Watch``: a bounded buffer of batches that
 ``publish`` fills without waiting. A watch holds at most ``capacity`` events

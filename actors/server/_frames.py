@@ -75,7 +75,7 @@ class EncodedEvents(NamedTuple):
     """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame.
 
     A named tuple rather than an attrs class: smaller, and cheaper for the
-    garbage collector to walk (see ``_events.Wakeup``).
+    garbage collector to walk (see ``runtime._batches.Wakeup``).
     """
 
     text: str
