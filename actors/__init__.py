@@ -3,6 +3,7 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from storage import InvalidValueError as InvalidValueError
 from storage import TaskState as TaskState
 
 from .core._auth import TokensError as TokensError
@@ -74,6 +75,7 @@ __all__ = [
     "EventStream",
     "HeartbeatTimeoutError",
     "InvalidTransition",
+    "InvalidValueError",
     "NonDeterminismError",
     "NotCancelable",
     "OwnershipLostError",

@@ -61,6 +61,7 @@ from .model._records import TaskFilter as TaskFilter
 from .model._records import TaskRecord as TaskRecord
 from .model._records import TaskState as TaskState
 from .model._records import UsageRecord as UsageRecord
+from .model._validate import InvalidValueError as InvalidValueError
 
 __all__ = [
     "ACTIVE_STATES",
@@ -80,6 +81,7 @@ __all__ = [
     "DeleteKeyState",
     "ExceptionRecord",
     "InboxItem",
+    "InvalidValueError",
     "InvalidWriteError",
     "JournalEntry",
     "JournalWrite",

@@ -5,13 +5,20 @@ gives a ``Client`` with one async method per protocol op, ``subscribe`` for
 raw event subscriptions and ``watch`` for exactly-once watching across lags
 and reconnections. Error replies raise the ``ClientError`` subclass of their
 code.
+
+``ConflictError`` and ``Subscription`` are the former names of
+``ClientConflictError`` and ``ClientSubscription``, kept as aliases: the new
+names do not clash with ``storage.ConflictError`` and ``storage.Subscription``
+(issue #18).
 """
 
 from ._client import AuthenticationError as AuthenticationError
 from ._client import BadRequestError as BadRequestError
 from ._client import Client as Client
+from ._client import ClientConflictError as ClientConflictError
 from ._client import ClientConnectionError as ClientConnectionError
 from ._client import ClientError as ClientError
+from ._client import ClientSubscription as ClientSubscription
 from ._client import ConflictError as ConflictError
 from ._client import InvalidTransitionError as InvalidTransitionError
 from ._client import Lagged as Lagged
@@ -27,8 +34,10 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "ClientConflictError",
     "ClientConnectionError",
     "ClientError",
+    "ClientSubscription",
     "ConflictError",
     "InvalidTransitionError",
     "Lagged",

@@ -33,21 +33,21 @@ from __future__ import annotations
 import builtins
 import enum
 import itertools
-import json
-import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 
+from ..core._wire import Op
+from ._connection import _Connection, _parse_url
 from ._errors import (
     AuthenticationError,
     BadRequestError,
+    ClientConflictError,
     ClientConnectionError,
     ClientError,
     ConflictError,
@@ -55,18 +55,19 @@ from ._errors import (
     Lagged,
     NotFoundError,
     UnavailableError,
-    closed_error,
     connect_error,
     error_from_reply,
 )
-from ._subscriptions import Json, Subscription, Watcher, is_terminal
+from ._subscriptions import ClientSubscription, Json, Subscription, Watcher, is_terminal
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "ClientConflictError",
     "ClientConnectionError",
     "ClientError",
+    "ClientSubscription",
     "ConflictError",
     "InvalidTransitionError",
     "Json",
@@ -79,219 +80,6 @@ __all__ = [
     "is_terminal",
     "open_client",
 ]
-
-log = logging.getLogger("taskactors.client")
-
-#: Frames that carry events of a subscription rather than a reply.
-_EVENT_OPS = frozenset({"event", "events", "end", "lagged"})
-
-
-def _parse_url(url: str) -> tuple[str, int, str, bool]:
-    """(host, port, resource, use_ssl) of a ws:// or wss:// URL.
-
-    Raises:
-        ClientConnectionError: the URL is not a websocket URL.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ClientConnectionError(f"bad server URL {url!r}: {exc}") from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ClientConnectionError(f"bad server URL {url!r}: expected ws://host:port")
-    use_ssl = parts.scheme == "wss"
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, port or (443 if use_ssl else 80), resource, use_ssl
-
-
-# -- one connection --------------------------------------------------------------------------
-class Reply:
-    """A one-shot answer slot: the connection's reader resolves it, the caller
-    waits on it; if the connection fails first, the caller gets its error."""
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def resolve(self, value: Any = None) -> None:
-        if not self._done.is_set():
-            self._value = value
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class _Slot(Reply):
-    """Where a reply lands for the caller waiting on it (a one-shot Reply)."""
-
-    __slots__ = ("subscription",)
-
-    def __init__(self, subscription: Subscription | None = None) -> None:
-        super().__init__()
-        #: For a subscribe request: registered by the reader when the reply comes.
-        self.subscription = subscription
-
-
-class _Connection:
-    """One websocket and the requests and subscriptions that live on it."""
-
-    #: Event frames kept for a subscription whose subscribe reply has not come yet.
-    EARLY_FRAMES = 1024
-
-    def __init__(self, client: Client, ws: trio_websocket.WebSocketConnection) -> None:
-        self.client = client
-        self.ws = ws
-        self.pending: dict[int, _Slot] = {}
-        self.subscriptions: dict[str, Subscription] = {}
-        #: Ids of subscribe requests whose caller gave up before the reply.
-        self.abandoned: set[int] = set()
-        self.early: list[Json] = []
-        #: Why the connection is unusable, once it is.
-        self.failure: ClientError | None = None
-
-    # -- requests -------------------------------------------------------------------------
-    async def request(
-        self, request_id: int, op: str, fields: Json, subscription: Subscription | None = None
-    ) -> Any:
-        if self.failure is not None:
-            raise self.failure
-        try:
-            text = json.dumps({"id": request_id, "op": op, **fields})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{op}: the request is not JSON-serializable: {exc}") from None
-        slot = _Slot(subscription)
-        self.pending[request_id] = slot
-        try:
-            try:
-                await self.ws.send_message(text)
-            except trio_websocket.ConnectionClosed as exc:
-                self.fail(closed_error(self.client.url, exc.reason))
-            return await slot.wait()
-        finally:
-            self.pending.pop(request_id, None)
-            if not slot.done and op == "subscribe":
-                self.abandoned.add(request_id)
-
-    def forget(self, subscription: Subscription, *, unsubscribe: bool) -> None:
-        """Stop routing a subscription's frames; tell the server to drop it if asked."""
-        sub = subscription.sub
-        if sub is None or self.subscriptions.get(sub) is not subscription:
-            return
-        del self.subscriptions[sub]
-        if unsubscribe and self.failure is None:
-            self.client._spawn(self._unsubscribe_quietly, sub)
-
-    async def _unsubscribe_quietly(self, sub: str) -> None:
-        try:
-            await self.request(next(self.client._ids), "unsubscribe", {"sub": sub})
-        except ClientError as exc:
-            log.debug("unsubscribe %s: %s", sub, exc)
-
-    # -- the reader ---------------------------------------------------------------------------
-    async def read_loop(self) -> None:
-        """Dispatch every frame until the connection closes. Never raises."""
-        try:
-            while True:
-                message = await self.ws.get_message()
-                self.dispatch(message)
-        except trio_websocket.ConnectionClosed as exc:
-            self.fail(closed_error(self.client.url, exc.reason))
-
-    def dispatch(self, message: str | bytes) -> None:
-        try:
-            frame = json.loads(message)
-        except ValueError:
-            log.warning("ignored a frame that is not JSON: %.80r", message)
-            return
-        if not isinstance(frame, dict):
-            log.warning("ignored a frame that is not a JSON object: %.80r", message)
-            return
-        if frame.get("op") in _EVENT_OPS:
-            self._on_event_frame(frame)
-        elif "ok" in frame:
-            self._on_reply(frame)
-        else:
-            log.warning("ignored an unknown frame: %.80r", message)
-
-    def _on_reply(self, frame: Json) -> None:
-        request_id = frame.get("id")
-        slot = self.pending.get(request_id) if isinstance(request_id, int) else None
-        ok = frame.get("ok") is True
-        result = frame.get("result")
-        if slot is None:
-            if request_id in self.abandoned:
-                self.abandoned.discard(request_id)
-                if ok and isinstance(result, dict) and result.get("sub") is not None:
-                    self.client._spawn(self._unsubscribe_quietly, str(result["sub"]))
-            elif not ok:
-                # The caller gave up (was cancelled) before its answer came.
-                log.debug("error reply to no waiting request: %s", frame.get("error"))
-            return
-        if not ok:
-            slot.fail(error_from_reply(frame.get("error")))
-            return
-        subscription = slot.subscription
-        if subscription is not None:
-            if not isinstance(result, dict) or result.get("sub") is None:
-                slot.fail(ClientError("protocol_error", f"subscribe replied {result!r}"))
-                return
-            subscription.sub = str(result["sub"])
-            self.subscriptions[subscription.sub] = subscription
-            early, self.early = self.early, []
-            for waiting in early:
-                self._on_event_frame(waiting)
-        slot.resolve(result)
-
-    def _on_event_frame(self, frame: Json) -> None:
-        sub = frame.get("sub")
-        subscription = self.subscriptions.get(str(sub)) if sub is not None else None
-        if subscription is None:
-            # A subscription whose reply is still to come (or one we dropped).
-            subscribing = any(s.subscription is not None for s in self.pending.values())
-            if subscribing and len(self.early) < self.EARLY_FRAMES:
-                self.early.append(frame)
-            return
-        op = frame["op"]
-        if op == "event":
-            subscription._push([frame.get("event")])
-        elif op == "events":
-            events = frame.get("events")
-            subscription._push(events if isinstance(events, list) else [])
-        elif op == "end":
-            subscription._end()
-            self.forget(subscription, unsubscribe=False)
-        else:  # lagged
-            after = frame.get("resume_after")
-            if not isinstance(after, int | dict):
-                after = subscription.last_seq
-            subscription._fail(Lagged(subscription.task_id, after))
-            self.forget(subscription, unsubscribe=False)
-
-    def fail(self, error: ClientError) -> None:
-        """Mark the connection dead: fail every waiting request and subscription."""
-        if self.failure is None:
-            self.failure = error
-        for slot in self.pending.values():
-            slot.fail(self.failure)
-        for subscription in self.subscriptions.values():
-            subscription._fail(self.failure)
-        self.subscriptions.clear()
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -379,7 +167,7 @@ class Client:
                             extra_headers=headers,
                             max_message_size=self._max_message_size,
                         )
-                    connection = _Connection(self, ws)
+                    connection = _Connection(self.url, self._spawn, self._ids, ws)
                     task_status.started(connection)
                     await connection.read_loop()
                     # Let trio-websocket's reader finish the closing handshake
@@ -422,7 +210,7 @@ class Client:
     async def auth(self, token: str) -> Json:
         """Authenticate this connection (and later ones) with a bearer token: {user_id}."""
         self._token = token
-        result: Json = await self.request("auth", token=token)
+        result: Json = await self.request(Op.AUTH, token=token)
         return result
 
     async def submit(
@@ -449,28 +237,28 @@ class Client:
         }
         fields = {k: v for k, v in options.items() if v is not None}
         # input goes out even when it is None: null is a valid task input.
-        result: Json = await self._request("submit", {"name": name, "input": input, **fields})
+        result: Json = await self._request(Op.SUBMIT, {"name": name, "input": input, **fields})
         return result
 
     async def send(self, task_id: str, input: Any) -> Json:
         """Send a Request (new input) to a task; its info."""
-        result: Json = await self._request("send", {"task_id": task_id, "input": input})
+        result: Json = await self._request(Op.SEND, {"task_id": task_id, "input": input})
         return result
 
     async def cancel(self, task_id: str, *, reason: str | None = None) -> Json:
         """Cancel a task and its children; its info."""
-        result: Json = await self.request("cancel", task_id=task_id, reason=reason)
+        result: Json = await self.request(Op.CANCEL, task_id=task_id, reason=reason)
         return result
 
     async def signal(self, task_id: str, signal: str | enum.Enum) -> Json:
         """Send "stop", "pause" or "resume" (or an ``actors.Signal``) to a task; its info."""
         value = signal.value if isinstance(signal, enum.Enum) else signal
-        result: Json = await self.request("signal", task_id=task_id, signal=value)
+        result: Json = await self.request(Op.SIGNAL, task_id=task_id, signal=value)
         return result
 
     async def get(self, task_id: str) -> Json:
         """A task's info."""
-        result: Json = await self.request("get", task_id=task_id)
+        result: Json = await self.request(Op.GET, task_id=task_id)
         return result
 
     async def list(
@@ -482,7 +270,7 @@ class Client:
     ) -> builtins.list[Json]:
         """The user's tasks matching every given filter, oldest first."""
         result: builtins.list[Json] = await self.request(
-            "list",
+            Op.LIST,
             thread_id=thread_id,
             states=builtins.list(states) if states is not None else None,
             limit=limit,
@@ -494,7 +282,7 @@ class Client:
     ) -> builtins.list[Json]:
         """A task's committed events with seq > after, in order (at most ``limit``)."""
         result: builtins.list[Json] = await self.request(
-            "history", task_id=task_id, after=after, limit=limit
+            Op.HISTORY, task_id=task_id, after=after, limit=limit
         )
         return result
 
@@ -502,29 +290,29 @@ class Client:
         """Token usage of a thread: totals, by_model, by_caller (of finished
         tasks, unless ``include_active``)."""
         result: Json = await self.request(
-            "usage", thread_id=thread_id, include_active=include_active or None
+            Op.USAGE, thread_id=thread_id, include_active=include_active or None
         )
         return result
 
     async def unsubscribe(self, sub: str) -> None:
-        """Drop a subscription by its server id (``Subscription.close`` does it for you)."""
-        await self.request("unsubscribe", sub=sub)
+        """Drop a subscription by its server id (``ClientSubscription.close`` does it for you)."""
+        await self.request(Op.UNSUBSCRIBE, sub=sub)
 
     async def _open_subscription(
         self, task_id: str | None, after: int | dict[str, int]
-    ) -> Subscription:
+    ) -> ClientSubscription:
         connection = await self._connect()
-        subscription = Subscription(connection, task_id, self._subscription_buffer)
+        subscription = ClientSubscription(connection, task_id, self._subscription_buffer)
         if isinstance(after, int):
             subscription.last_seq = after
         fields: Json = {"after": after} if task_id is None else {"task_id": task_id, "after": after}
-        await connection.request(next(self._ids), "subscribe", fields, subscription=subscription)
+        await connection.request(next(self._ids), Op.SUBSCRIBE, fields, subscription=subscription)
         return subscription
 
     @asynccontextmanager
     async def subscribe(
         self, task_id: str | None = None, *, after: int | dict[str, int] = 0
-    ) -> AsyncIterator[Subscription]:
+    ) -> AsyncIterator[ClientSubscription]:
         """Receive events: of one task (history after ``after``, then live; it
         ends after the terminal event) or, without a task id, the live events of
         all the user's tasks (``after``: an object task id -> seq replays those
@@ -556,7 +344,9 @@ class Client:
             NotFoundError: no such task.
             ClientConnectionError: (while iterating) the server stayed unreachable.
         """
-        watcher = Watcher(self, task_id, after, reconnect_timeout=reconnect_timeout)
+        watcher = Watcher(
+            self._open_subscription, task_id, after, reconnect_timeout=reconnect_timeout
+        )
         try:
             yield watcher
         finally:

@@ -5,7 +5,7 @@
     ClientError (ActorsError)       an error reply (.code, .message), or a transport failure
     ├── NotFoundError               not_found, unknown_name
     ├── InvalidTransitionError      invalid_transition, not_cancelable, rejected
-    ├── ConflictError               conflict
+    ├── ClientConflictError         conflict (also importable as ConflictError)
     ├── BadRequestError             bad_json, bad_request, unknown_op, too_large, ...
     ├── AuthenticationError         unauthorized (or a 1008 close, an HTTP 401/403)
     ├── UnavailableError            unavailable
@@ -20,9 +20,7 @@ from typing import Any
 import trio_websocket
 
 from ..core._errors import ActorsError, SubscriptionLagged
-
-#: The websocket close code of a refused token (RFC 6455 "policy violation").
-POLICY_VIOLATION = 1008
+from ..core._wire import POLICY_VIOLATION, ErrorCode
 
 
 class ClientError(ActorsError):
@@ -48,8 +46,17 @@ class InvalidTransitionError(ClientError):
     ``not_cancelable``, ``rejected``): e.g. resume a completed task."""
 
 
-class ConflictError(ClientError):
-    """The task id (or the thread id of ``usage``) belongs to another user."""
+class ClientConflictError(ClientError):
+    """The task id belongs to another user's task (``conflict``).
+
+    Not ``storage.ConflictError`` (a compare-and-set on a task's state that
+    found another state, inside the store); the old name of this one,
+    ``actors.client.ConflictError``, stays importable as an alias (issue #18).
+    """
+
+
+#: The former name of ``ClientConflictError``, kept importable.
+ConflictError = ClientConflictError
 
 
 class BadRequestError(ClientError):
@@ -71,23 +78,23 @@ class ClientConnectionError(ClientError):
         super().__init__(code, message)
 
 
-#: The protocol's error codes (DESIGN.md, "Websocket API") and their error types.
+#: The protocol's error codes (``actors.core._wire.ErrorCode``) and their error types.
 ERRORS_BY_CODE: dict[str, type[ClientError]] = {
-    "not_found": NotFoundError,
-    "unknown_name": NotFoundError,
-    "invalid_transition": InvalidTransitionError,
-    "not_cancelable": InvalidTransitionError,
-    "rejected": InvalidTransitionError,
-    "conflict": ConflictError,
-    "unauthorized": AuthenticationError,
-    "bad_json": BadRequestError,
-    "bad_request": BadRequestError,
-    "unknown_op": BadRequestError,
-    "too_large": BadRequestError,
-    "too_many_subscriptions": BadRequestError,
-    "unknown_subscription": BadRequestError,
-    "unavailable": UnavailableError,
-    "internal": ClientError,
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.UNKNOWN_NAME: NotFoundError,
+    ErrorCode.INVALID_TRANSITION: InvalidTransitionError,
+    ErrorCode.NOT_CANCELABLE: InvalidTransitionError,
+    ErrorCode.REJECTED: InvalidTransitionError,
+    ErrorCode.CONFLICT: ClientConflictError,
+    ErrorCode.UNAUTHORIZED: AuthenticationError,
+    ErrorCode.BAD_JSON: BadRequestError,
+    ErrorCode.BAD_REQUEST: BadRequestError,
+    ErrorCode.UNKNOWN_OP: BadRequestError,
+    ErrorCode.TOO_LARGE: BadRequestError,
+    ErrorCode.TOO_MANY_SUBSCRIPTIONS: BadRequestError,
+    ErrorCode.UNKNOWN_SUBSCRIPTION: BadRequestError,
+    ErrorCode.UNAVAILABLE: UnavailableError,
+    ErrorCode.INTERNAL: ClientError,
 }
 
 
@@ -133,7 +140,7 @@ def connect_error(url: str, exc: BaseException) -> ClientError:
     if isinstance(exc, trio_websocket.ConnectionRejected):
         if exc.status_code in (401, 403):
             body = (exc.body or b"").decode("utf-8", "replace").strip()
-            return AuthenticationError("unauthorized", body or f"{url} refused the token")
+            return AuthenticationError(ErrorCode.UNAUTHORIZED, body or f"{url} refused the token")
         return ClientConnectionError(f"{url} refused the connection (HTTP {exc.status_code})")
     if _find(exc, ConnectionRefusedError) is not None:
         return ClientConnectionError(f"cannot connect to {url}: connection refused")
@@ -149,7 +156,7 @@ def closed_error(url: str, reason: trio_websocket.CloseReason | None) -> ClientE
         return ClientConnectionError(f"the connection to {url} closed")
     text = f": {reason.reason}" if reason.reason else ""
     if reason.code == POLICY_VIOLATION:
-        return AuthenticationError("unauthorized", f"{url} closed the connection{text}")
+        return AuthenticationError(ErrorCode.UNAUTHORIZED, f"{url} closed the connection{text}")
     return ClientConnectionError(
         f"the connection to {url} closed ({reason.code} {reason.name}){text}"
     )

@@ -1,6 +1,6 @@
 """Subscriptions of the websocket client: raw ones, and exactly-once watches.
 
-A ``Subscription`` is fed by the client's reader loop (``_push``, ``_end``,
+A ``ClientSubscription`` is fed by the client's reader loop (``_push``, ``_end``,
 ``_fail``, never blocking) and drained by its consumer. A ``Watcher`` chains
 subscriptions of one task: after a lag or a drop it subscribes again after
 the last seq it yielded (see the theory of operation in ``_client.py``).
@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 import trio
 
 from ..core._errors import SubscriptionLagged
 from ._errors import ClientConnectionError, ClientError, Lagged
-
-if TYPE_CHECKING:
-    from ._client import Client, _Connection
 
 log = logging.getLogger("taskactors.client")
 
@@ -39,8 +36,22 @@ def is_terminal(event: Json) -> bool:
     )
 
 
-class Subscription:
+class _Router(Protocol):
+    """What a subscription needs of its connection (``_connection._Connection``)."""
+
+    def forget(self, subscription: ClientSubscription, *, unsubscribe: bool) -> None: ...
+
+
+#: How a watch subscribes again: ``(task_id, after) -> subscription``.
+OpenSubscription = Callable[[str, int], Awaitable["ClientSubscription"]]
+
+
+class ClientSubscription:
     """The events of one subscription, as dicts, in order.
+
+    (Not ``storage.Subscription``, the messages of a store's publish/subscribe
+    channel; the old name of this one, ``actors.client.Subscription``, stays
+    importable as an alias: issue #18.)
 
     Iterate with ``async for``. Iteration ends after ``end`` (the terminal
     event of a one-task subscription); it raises ``SubscriptionLagged`` (with
@@ -49,7 +60,7 @@ class Subscription:
     Made by ``Client.subscribe``, which closes it.
     """
 
-    def __init__(self, connection: _Connection, task_id: str | None, capacity: int) -> None:
+    def __init__(self, connection: _Router, task_id: str | None, capacity: int) -> None:
         #: The server's id of the subscription (set when the server replies).
         self.sub: str | None = None
         self.task_id = task_id
@@ -103,7 +114,7 @@ class Subscription:
         self._connection.forget(self, unsubscribe=live)
         self._wakeup.set()
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> ClientSubscription:
         return self
 
     async def __anext__(self) -> Json:
@@ -118,6 +129,10 @@ class Subscription:
             self._wakeup = trio.Event()
 
 
+#: The former name of ``ClientSubscription``, kept importable.
+Subscription = ClientSubscription
+
+
 class Watcher:
     """One task's events, each exactly once, across lags and reconnections.
 
@@ -127,7 +142,7 @@ class Watcher:
 
     def __init__(
         self,
-        client: Client,
+        open_subscription: OpenSubscription,
         task_id: str,
         after: int,
         *,
@@ -138,9 +153,9 @@ class Watcher:
         self.last_seq = after
         #: How many times the watch subscribed again (after a lag or a drop).
         self.resubscribed = 0
-        self._client = client
+        self._open_subscription = open_subscription
         self._reconnect_timeout = reconnect_timeout
-        self._subscription: Subscription | None = None
+        self._subscription: ClientSubscription | None = None
         self._done = False
 
     def close(self) -> None:
@@ -183,13 +198,13 @@ class Watcher:
                 self.close()
             return event
 
-    async def _subscribe(self) -> Subscription:
+    async def _subscribe(self) -> ClientSubscription:
         """Subscribe after the last seq, retrying while the server is unreachable."""
         deadline = trio.current_time() + self._reconnect_timeout
         delay = 0.05
         while True:
             try:
-                return await self._client._open_subscription(self.task_id, self.last_seq)
+                return await self._open_subscription(self.task_id, self.last_seq)
             except ClientConnectionError:
                 if trio.current_time() + delay > deadline:
                     raise

@@ -1,4 +1,5 @@
-"""The sans-IO core: the task lifecycle, messages, errors, task info and tokens. No trio, no I/O."""
+"""The sans-IO core: the task lifecycle, messages, errors, task info, tokens and the
+websocket protocol's names (``_wire``). No trio, no I/O."""
 
 from ._auth import TokensError as TokensError
 from ._auth import bearer_token as bearer_token
@@ -35,16 +36,22 @@ from ._messages import Request as Request
 from ._messages import SendInput as SendInput
 from ._messages import SendSignal as SendSignal
 from ._messages import Signal as Signal
+from ._wire import ErrorCode as ErrorCode
+from ._wire import FrameKind as FrameKind
+from ._wire import Op as Op
 
 __all__ = [
     "ActorStoppedError",
     "ActorsError",
     "CancelTask",
     "Command",
+    "ErrorCode",
+    "FrameKind",
     "HeartbeatTimeoutError",
     "InvalidTransition",
     "NonDeterminismError",
     "NotCancelable",
+    "Op",
     "OwnershipLostError",
     "Request",
     "RequestAction",

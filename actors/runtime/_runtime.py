@@ -39,6 +39,7 @@ from storage import (
     decode,
     encode,
 )
+from storage.model import check_int, check_json, check_text
 
 from ..core._errors import (
     ActorStoppedError,
@@ -96,6 +97,8 @@ class Runtime(Node):
             TypeError: input or metadata is not JSON-serializable.
             RuntimeClosedError: the runtime is closing.
         """
+        check_text(name=name, task_id=task_id, user_id=user_id, thread_id=thread_id)
+        check_json(input=input, metadata=metadata)
         record, event = self._new_task(
             name, input, task_id, user_id, thread_id, metadata, strategy, None, None
         )
@@ -192,6 +195,8 @@ class Runtime(Node):
             TaskNotFound, RequestRejected, InvalidTransition (finished task),
             TaskOwnedElsewhere, TypeError (input not JSON-serializable).
         """
+        check_text(task_id=task_id, user_id=user_id)
+        check_json(input=input)
         encode(input)
         return await self._deliver(task_id, user_id, SendInput(input))
 
@@ -207,6 +212,7 @@ class Runtime(Node):
             TaskNotFound, InvalidTransition (e.g. RESUME of a running task),
             TaskOwnedElsewhere.
         """
+        check_text(task_id=task_id, user_id=user_id)
         chosen = Signal(signal)
         return await self._deliver(task_id, user_id, SendSignal(chosen))
 
@@ -221,6 +227,7 @@ class Runtime(Node):
         Raises:
             TaskNotFound; NotCancelable: the task completed, failed or was rejected.
         """
+        check_text(task_id=task_id, reason=reason, user_id=user_id)
         return await self._deliver(task_id, user_id, CancelTask(reason))
 
     async def _deliver(self, task_id: str, user_id: str | None, message: Message) -> TaskInfo:
@@ -304,6 +311,7 @@ class Runtime(Node):
         Raises:
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
         return TaskInfo.from_record(await self._load(task_id, user_id))
 
     async def list(
@@ -317,6 +325,8 @@ class Runtime(Node):
         limit: int | None = None,
     ) -> list[TaskInfo]:
         """Tasks matching every given filter, oldest first."""
+        check_text(user_id=user_id, thread_id=thread_id, parent_id=parent_id, name=name)
+        check_int(limit=limit)
         self._check_open()
         records = await self.store.list_tasks(
             user_id=user_id,
@@ -332,6 +342,8 @@ class Runtime(Node):
         self, task_id: str, *, after: int = 0, limit: int | None = None, user_id: str | None = None
     ) -> builtins.list[TaskEvent]:
         """The task's committed events with seq > after, in order."""
+        check_text(task_id=task_id, user_id=user_id)
+        check_int(after=after, limit=limit)
         await self._load(task_id, user_id)
         events = await self.store.read_events(task_id, after, limit)
         return [TaskEvent.from_stored(e) for e in events]
@@ -357,6 +369,8 @@ class Runtime(Node):
         Raises:
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
+        check_int(after=after)
         await self._load(task_id, user_id)
         stream = EventStream(
             self.hub,
@@ -383,6 +397,7 @@ class Runtime(Node):
         by itself. A subscriber that falls ``buffer`` events behind gets
         ``SubscriptionLagged``: catch up through ``history`` per task.
         """
+        check_text(user_id=user_id)
         stream = AllEventsStream(self.hub, self.store, user_id, buffer)
         try:
             yield stream
@@ -397,6 +412,7 @@ class Runtime(Node):
         states: Iterable[TaskState | str] | None = None,
     ) -> TaskInfo:
         """Wait until the task is in one of ``states`` (default: finished)."""
+        check_text(task_id=task_id, user_id=user_id)
         wanted = frozenset(TaskState(s) for s in states) if states is not None else TERMINAL_STATES
         reached, _ = await self._wait_for(task_id, user_id, wanted)
         if isinstance(reached, TaskRecord):
@@ -453,6 +469,7 @@ class Runtime(Node):
             TaskCancelled: it was cancelled or rejected.
             TaskNotFound: no such task (or it belongs to another user).
         """
+        check_text(task_id=task_id, user_id=user_id)
         reached, text = await self._wait_for(task_id, user_id, TERMINAL_STATES)
         if reached is S.COMPLETED and text is not None:
             return decode(text)  # (what the store keeps: the same text)
@@ -478,6 +495,7 @@ class Runtime(Node):
     ) -> dict[str, Any]:
         """Token usage of a thread (see Store.aggregate_tokens_by_thread); with
         ``user_id``, of that user's tasks only."""
+        check_text(thread_id=thread_id, user_id=user_id)
         self._check_open()
         return await self.store.aggregate_tokens_by_thread(
             thread_id, include_active, user_id=user_id

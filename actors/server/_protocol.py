@@ -15,31 +15,31 @@ and an optional ``id`` (a string or an integer, echoed in the reply). The
 other keys are the operation's fields, structured by a strict derivative of
 THE converter (``storage.converter``): a string is never coerced from a
 number, a bool is not an int, a list is not a string, and an unknown field
-is an error.
+is an error. Every string (and object key) must be text the store can keep,
+and every seq fit in 64 bits (``storage.model.storable_json``, issue #17):
+a lone surrogate such as ``"\\ud800"`` is refused here, naming its field,
+rather than failing in the store.
 
-Task infos and events go out through ``storage.converter`` unchanged, so
-the wire form of a ``TaskInfo`` or ``TaskEvent`` is the same as everywhere
-else. Live events are encoded a committed batch at a time, straight from
-the stored text and once for all subscribers (``EventEncoder``); the text is
-spliced into ``event``/``events`` frames, so fan-out and batching cost no
-re-encoding.
+The frames out (replies, errors, events) are built in ``_frames.py``, and
+re-exported here. The protocol's names (error codes, ops, frame kinds) are
+``actors.core._wire``'s, shared with the client.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import math
-import weakref
+import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 import cattrs
 from cattrs.v import format_exception
 
 import storage
-from storage import StorageError, StoredEvent, TaskState
+from storage import InvalidValueError, StorageError, TaskState
+from storage.model import MAX_INT, storable_json
 
 from ..core._errors import (
     ActorsError,
@@ -53,12 +53,24 @@ from ..core._errors import (
     TaskOwnedElsewhere,
     UnknownTaskName,
 )
-from ..core._info import TaskEvent
 from ..core._lifecycle import Strategy
 from ..core._messages import Signal
+from ..core._wire import ErrorCode as ErrorCode
+from ..core._wire import Op
+from ._frames import EncodedEvents as EncodedEvents
+from ._frames import EventEncoder as EventEncoder
+from ._frames import RequestId as RequestId
+from ._frames import encode_event as encode_event
+from ._frames import encode_stored as encode_stored
+from ._frames import end_frame as end_frame
+from ._frames import error_frame as error_frame
+from ._frames import events_frame as events_frame
+from ._frames import lagged_frame as lagged_frame
+from ._frames import reply_frame as reply_frame
+from ._frames import to_wire as to_wire
 
 if TYPE_CHECKING:
-    from ..runtime._events import EventBatch
+    pass
 
 #: Deepest nesting of arrays and objects a request frame may have.
 MAX_DEPTH: Final = 64
@@ -66,48 +78,6 @@ MAX_DEPTH: Final = 64
 MAX_AFTER_TASKS: Final = 1024
 #: Largest ``limit`` of ``list`` and ``history``.
 MAX_LIMIT: Final = 10_000
-
-#: The ``id`` of a request: echoed in its reply (None when the request had none).
-RequestId: TypeAlias = str | int | None
-
-
-class ErrorCode(enum.StrEnum):
-    """Stable codes of error replies (``{"ok": false, "error": {"code", "message"}}``)."""
-
-    #: The frame is not JSON text (binary, malformed, NaN/Infinity, or too deep to parse).
-    BAD_JSON = "bad_json"
-    #: The frame is JSON but not a valid request: not an object, a field missing,
-    #: mistyped, out of range or unknown, nested too deep, or a non-JSON input.
-    BAD_REQUEST = "bad_request"
-    #: ``op`` names no operation.
-    UNKNOWN_OP = "unknown_op"
-    #: No valid token (the connection is then closed with 1008), or a second
-    #: ``auth`` naming another user.
-    UNAUTHORIZED = "unauthorized"
-    #: No such task, or a task of another user (the two read the same).
-    NOT_FOUND = "not_found"
-    #: ``submit`` names a handler that is not registered (or a task's handler is unknown here).
-    UNKNOWN_NAME = "unknown_name"
-    #: ``submit`` with a ``task_id`` that another user's task has taken, or
-    #: ``usage`` of a thread id that another user's tasks share.
-    CONFLICT = "conflict"
-    #: The task's lifecycle refuses the request in its state (e.g. resume a completed task).
-    INVALID_TRANSITION = "invalid_transition"
-    #: ``cancel`` of a completed, failed or rejected task.
-    NOT_CANCELABLE = "not_cancelable"
-    #: ``send`` to a busy task whose strategy is ``reject``.
-    REJECTED = "rejected"
-    #: The frame is larger than the server's ``max_frame``.
-    TOO_LARGE = "too_large"
-    #: The connection already has ``max_subscriptions`` open subscriptions.
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    #: ``unsubscribe`` names no open subscription of this connection.
-    UNKNOWN_SUBSCRIPTION = "unknown_subscription"
-    #: The runtime is closing, another node runs the task, or the store is
-    #: unreachable: try again later.
-    UNAVAILABLE = "unavailable"
-    #: A server bug; the message says nothing more (the server logs it).
-    INTERNAL = "internal"
 
 
 class ProtocolError(ActorsError):
@@ -134,6 +104,8 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int | None)
 def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if value < 0:
         raise _Invalid(f"{attribute.name}: expected a seq >= 0")
+    if value > MAX_INT:
+        raise _Invalid(f"{attribute.name}: expected a seq <= {MAX_INT}")
 
 
 def _after_bounds(instance: Any, attribute: attrs.Attribute[Any], value: After) -> None:
@@ -145,6 +117,8 @@ def _after_bounds(instance: Any, attribute: attrs.Attribute[Any], value: After) 
             raise _Invalid(f"after: expected at most {MAX_AFTER_TASKS} tasks")
         if any(seq < 0 for seq in value.values()):
             raise _Invalid("after: expected seqs >= 0")
+        if any(seq > MAX_INT for seq in value.values()):
+            raise _Invalid(f"after: expected seqs <= {MAX_INT}")
 
 
 #: ``after`` of ``subscribe``: a seq (one task), or task id -> seq (all tasks).
@@ -269,17 +243,17 @@ Operation: TypeAlias = (
 
 #: Operation classes by their ``op`` name.
 OPERATIONS: Final[Mapping[str, type[Operation]]] = {
-    "auth": Auth,
-    "submit": Submit,
-    "send": Send,
-    "cancel": Cancel,
-    "signal": SignalTask,
-    "get": Get,
-    "list": ListTasks,
-    "history": History,
-    "subscribe": Subscribe,
-    "unsubscribe": Unsubscribe,
-    "usage": Usage,
+    Op.AUTH: Auth,
+    Op.SUBMIT: Submit,
+    Op.SEND: Send,
+    Op.CANCEL: Cancel,
+    Op.SIGNAL: SignalTask,
+    Op.GET: Get,
+    Op.LIST: ListTasks,
+    Op.HISTORY: History,
+    Op.SUBSCRIBE: Subscribe,
+    Op.UNSUBSCRIBE: Unsubscribe,
+    Op.USAGE: Usage,
 }
 
 
@@ -386,6 +360,24 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+_TOO_DEEP: Final = f"nested deeper than {MAX_DEPTH} levels"
+
+#: A ``\u`` escape of a surrogate (D800 to DFFF), or a surrogate itself.
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+
+
+def _may_hold_surrogates(message: str) -> bool:
+    """Whether a frame's text may parse into a string the store cannot keep.
+
+    A lone surrogate (no UTF-8 form) can only come from a ``\\uD800``-style
+    escape (a websocket text frame is valid UTF-8), so one regex over the
+    frame spares walking every field of the frames that have none (issue #17).
+    It may say yes for nothing (an escaped backslash, a valid pair): the walk
+    then decides.
+    """
+    return _SURROGATE.search(message) is not None
+
+
 def frame_size(message: str | bytes) -> int:
     """Size of a message in bytes (text as UTF-8)."""
     if isinstance(message, bytes):
@@ -412,7 +404,11 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
         raise ProtocolError(ErrorCode.BAD_JSON, "binary frames are not accepted: send JSON text")
     try:
         raw = json.loads(message, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Nested deeper than json's parser recurses (about 1,000 levels): too
+        # deep, like anything over MAX_DEPTH, whatever else may be wrong with it.
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _TOO_DEEP) from None
+    except ValueError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a request is a JSON object")
@@ -422,9 +418,7 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
     ):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "id: expected a string or an integer")
     if _depth(raw) > MAX_DEPTH:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"nested deeper than {MAX_DEPTH} levels", request_id
-        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _TOO_DEEP, request_id)
     name = raw.get("op")
     if name is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "op: required field missing", request_id)
@@ -441,6 +435,12 @@ def parse_frame(message: str | bytes, *, max_frame: int | None = None) -> Reques
         op = _wire.structure(fields, op_type)
     except cattrs.BaseValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, _problems(exc, name), request_id) from None
+    if _may_hold_surrogates(message):
+        try:
+            for key, value in fields.items():
+                storable_json(f"{name}.{key}", value, max_depth=MAX_DEPTH)
+        except InvalidValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), request_id) from None
     return RequestFrame(request_id, op)
 
 
@@ -458,6 +458,8 @@ ERROR_CODES: Final[Sequence[tuple[type[BaseException], ErrorCode]]] = (
     (ActorStoppedError, ErrorCode.UNAVAILABLE),
     (storage.BackendUnavailableError, ErrorCode.UNAVAILABLE),
     (storage.StorageClosedError, ErrorCode.UNAVAILABLE),
+    # Text or a number the store cannot keep (a runtime or store edge refused it).
+    (InvalidValueError, ErrorCode.BAD_REQUEST),
     # Raised by the runtime for an input or metadata that has no JSON form.
     (TypeError, ErrorCode.BAD_REQUEST),
 )
@@ -477,137 +479,3 @@ def error_code(exc: BaseException) -> tuple[ErrorCode, str]:
     if isinstance(exc, StorageError):
         return ErrorCode.INTERNAL, "the store failed; see the server log"
     return ErrorCode.INTERNAL, "internal server error; see the server log"
-
-
-# -- frames out -----------------------------------------------------------------------
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def to_wire(value: Any) -> Any:
-    """The JSON-ready form of a result (TaskInfo, TaskEvent, lists, dicts...)."""
-    return storage.converter.unstructure(value)
-
-
-def reply_frame(request_id: RequestId, result: Any) -> str:
-    """``{"id", "ok": true, "result"}``; result goes through ``to_wire``."""
-    return _dumps({"id": request_id, "ok": True, "result": to_wire(result)})
-
-
-def error_frame(request_id: RequestId, code: ErrorCode, message: str) -> str:
-    """``{"id", "ok": false, "error": {"code", "message"}}``."""
-    return _dumps(
-        {"id": request_id, "ok": False, "error": {"code": code.value, "message": message}}
-    )
-
-
-def encode_event(event: TaskEvent) -> str:
-    """The JSON text of one event: ``{"task_id", "seq", "kind", "at", "data"}``."""
-    return _dumps(to_wire(event))
-
-
-def encode_stored(stored: StoredEvent) -> str:
-    """The JSON text of a stored event, the same as ``encode_event`` of it decoded.
-
-    The stored ``data`` is already the compact JSON text of the value
-    (``storage.encode``), so it is spliced in as it is: no decoding.
-    """
-    return _encode(_dumps(stored.task_id), stored.seq, _dumps(stored.kind), stored.at, stored.data)
-
-
-def _encode(task_id: str, seq: int, kind: str, at: float, data: str) -> str:
-    """One event's JSON text from its parts (task id and kind already JSON text)."""
-    if not math.isfinite(at):
-        raise ValueError(f"event {seq} of task {task_id}: no JSON form for at={at}")
-    return f'{{"task_id":{task_id},"seq":{seq:d},"kind":{kind},"at":{at!r},"data":{data}}}'
-
-
-class EncodedEvents(NamedTuple):
-    """The JSON text of consecutive events, comma-separated, ready for an ``events`` frame.
-
-    A named tuple rather than an attrs class: smaller, and cheaper for the
-    garbage collector to walk (see ``_events.Wakeup``).
-    """
-
-    text: str
-    #: Number of events in ``text``.
-    event_count: int
-    #: Seq of the last one.
-    last_seq: int
-
-
-class EventEncoder:
-    """The wire text of event batches, made once per batch for every subscriber.
-
-    Fan-out to N subscribers costs one encoding: the text of a batch is kept
-    while the batch lives (it is shared by every subscriber that receives
-    it), and each connection only splices it into its frame.
-
-    Args:
-        max_size: a batch longer than this many characters is cut into
-            parts that are not (a single longer event is a part alone), so
-            frames stay within what clients accept.
-    """
-
-    def __init__(self, max_size: int = 1 << 20) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be >= 1")
-        self.max_size = max_size
-        self._texts: weakref.WeakKeyDictionary[EventBatch, tuple[EncodedEvents, ...]] = (
-            weakref.WeakKeyDictionary()
-        )
-        #: JSON text of the event kinds seen (a handful of short strings).
-        self._kinds: dict[str, str] = {}
-
-    def encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
-        """The batch's events as JSON text, in parts of at most ``max_size`` characters."""
-        encoded = self._texts.get(batch)
-        if encoded is None:
-            encoded = self._texts[batch] = self._encode(batch)
-        return encoded
-
-    def _encode(self, batch: EventBatch) -> tuple[EncodedEvents, ...]:
-        task_id = _dumps(batch.task_id)
-        kinds = self._kinds
-        parts: list[EncodedEvents] = []
-        texts: list[str] = []
-        size = 0
-        for seq, kind, at, data in zip(
-            batch.seqs, batch.kinds, batch.ats, batch.datas, strict=True
-        ):
-            kind_text = kinds.get(kind)
-            if kind_text is None:
-                kind_text = _dumps(kind)
-                if len(kinds) < 256:
-                    kinds[kind] = kind_text
-            text = _encode(task_id, seq, kind_text, at, data)
-            if texts and size + 1 + len(text) > self.max_size:
-                parts.append(EncodedEvents(",".join(texts), len(texts), seq - 1))
-                texts = []
-            size = size + 1 + len(text) if texts else len(text)  # len(",".join(texts))
-            texts.append(text)
-        parts.append(EncodedEvents(",".join(texts), len(texts), batch.last))
-        return tuple(parts)
-
-
-def events_frame(sub: str, encoded: Sequence[str], count: int) -> str:
-    """``{"op": "event", "sub", "event"}`` for one event, else ``{"op": "events", "sub",
-    "events": [...]}``, from ``count`` events in comma-separated texts (``EncodedEvents``)."""
-    if not encoded or count < 1:
-        raise ValueError("no events")
-    if count == 1:
-        return f'{{"op":"event","sub":{_dumps(sub)},"event":{encoded[0]}}}'
-    return f'{{"op":"events","sub":{_dumps(sub)},"events":[{",".join(encoded)}]}}'
-
-
-def end_frame(sub: str) -> str:
-    """``{"op": "end", "sub"}``: a one-task subscription sent its terminal event."""
-    return _dumps({"op": "end", "sub": sub})
-
-
-def lagged_frame(sub: str, resume_after: int | Mapping[str, int]) -> str:
-    """``{"op": "lagged", "sub", "resume_after"}``: the subscription is closed;
-    subscribe again with ``after`` = resume_after (a seq for one task, an
-    object task id -> seq for all tasks)."""
-    after = resume_after if isinstance(resume_after, int) else dict(resume_after)
-    return _dumps({"op": "lagged", "sub": sub, "resume_after": after})

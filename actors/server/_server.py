@@ -63,8 +63,13 @@ from ..core._auth import bearer_token, user_for_token
 from ..core._auth import describe_auth as describe_auth
 from ..core._auth import load_tokens as load_tokens
 from ..core._errors import RuntimeClosedError, SubscriptionLagged
+from ..core._wire import GOING_AWAY as GOING_AWAY
+from ..core._wire import INTERNAL_ERROR as INTERNAL_ERROR
+from ..core._wire import POLICY_VIOLATION as POLICY_VIOLATION
 from ..runtime._events import EventBatch
 from ..runtime._runtime import Runtime
+from ._handshake import ServerLimits as ServerLimits
+from ._handshake import User, authenticate, close_websocket
 from ._outbox import Outbox
 from ._protocol import (
     Auth,
@@ -94,43 +99,11 @@ from ._protocol import (
 
 log = logging.getLogger("taskactors.server")
 
-#: Close code for a missing or refused token (RFC 6455 "policy violation").
-POLICY_VIOLATION: Final = 1008
-#: Close code of a server that is shutting down ("going away").
-GOING_AWAY: Final = 1001
-#: Close code after a server bug ("internal error").
-INTERNAL_ERROR: Final = 1011
 #: Events read back from the store per query when an all-tasks subscription replays.
 _HISTORY_PAGE: Final = 1000
 #: Characters of an ``events`` frame around its events (op, sub id): kept free
 #: of events so that frames stay within ``max_frame``.
 _FRAME_MARGIN: Final = 256
-
-
-@attrs.frozen
-class ServerLimits:
-    """Bounds of every connection of a server."""
-
-    #: Largest request frame in bytes; a larger one gets a ``too_large`` error
-    #: reply, and one over twice this size closes the connection with 1009.
-    max_frame: int = 1 << 20
-    #: Open subscriptions per connection.
-    max_subscriptions: int = 64
-    #: Events per connection waiting to be sent.
-    max_pending: int = 1024
-    #: Live events a subscription may fall behind (its watch) before it lags.
-    subscription_buffer: int = 1024
-    #: Seconds a connection without an Authorization header has to send ``auth``.
-    auth_timeout: float = 10.0
-    #: Seconds the server waits for a client to finish a close handshake.
-    close_timeout: float = 5.0
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("max_frame", "max_subscriptions", "max_pending", "subscription_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not (self.auth_timeout > 0 and self.close_timeout > 0):
-            raise ValueError("timeouts must be > 0")
 
 
 async def serve_websocket(
@@ -214,63 +187,6 @@ async def serve_websocket(
 
 
 # -- connections ------------------------------------------------------------------
-async def _close(ws: WebSocketConnection, code: int, reason: str, limits: ServerLimits) -> None:
-    """Close the websocket, waiting at most ``close_timeout`` for the client (even if
-    cancelled: the wait is shielded)."""
-    with trio.move_on_after(limits.close_timeout, shield=True):
-        await ws.aclose(code, reason)
-
-
-@attrs.frozen
-class _User:
-    """Who a connection acts for: a user id, or None for the single local user."""
-
-    user_id: str | None
-
-
-async def _authenticate(
-    ws: WebSocketConnection,
-    header_token: str | None,
-    tokens: Mapping[str, str] | None,
-    limits: ServerLimits,
-) -> _User | None:
-    """The connection's user, or None after closing a connection that has none."""
-    if tokens is None:
-        return _User(None)
-    if header_token is not None:
-        user_id = user_for_token(tokens, header_token)
-        if user_id is None:
-            await _close(ws, POLICY_VIOLATION, "invalid bearer token", limits)
-            return None
-        return _User(user_id)
-    with trio.move_on_after(limits.auth_timeout):
-        try:
-            message = await ws.get_message()
-        except ConnectionClosed:
-            return None
-        request_id: RequestId = None
-        try:
-            frame = parse_frame(message, max_frame=limits.max_frame)
-        except ProtocolError as exc:
-            request_id, op = exc.request_id, None
-        else:
-            request_id, op = frame.id, frame.op
-        user_id = user_for_token(tokens, op.token) if isinstance(op, Auth) else None
-        reason = "invalid token" if isinstance(op, Auth) else "authentication required"
-        try:
-            if user_id is not None:
-                await ws.send_message(reply_frame(request_id, {"user_id": user_id}))
-                return _User(user_id)
-            explanation = f"{reason}: send an Authorization: Bearer header or an auth op first"
-            await ws.send_message(error_frame(request_id, ErrorCode.UNAUTHORIZED, explanation))
-        except ConnectionClosed:
-            return None
-        await _close(ws, POLICY_VIOLATION, reason, limits)
-        return None
-    await _close(ws, POLICY_VIOLATION, "authentication timed out", limits)
-    return None
-
-
 async def _serve_connection(
     rt: Runtime,
     tokens: Mapping[str, str] | None,
@@ -290,7 +206,7 @@ async def _serve_connection(
         return  # the client left during the handshake
     code, reason = GOING_AWAY, "server shutting down"
     try:
-        user = await _authenticate(ws, header_token, tokens, limits)
+        user = await authenticate(ws, header_token, tokens, limits)
         if user is not None:
             await _Connection(rt, ws, user, tokens, limits, encoder).serve()
     except Exception:
@@ -298,7 +214,7 @@ async def _serve_connection(
         code, reason = INTERNAL_ERROR, "internal server error"
     finally:
         if ws.closed is None:
-            await _close(ws, code, reason, limits)
+            await close_websocket(ws, code, reason, limits)
 
 
 @attrs.define(eq=False)
@@ -334,7 +250,7 @@ class _Connection:
         self,
         rt: Runtime,
         ws: WebSocketConnection,
-        user: _User,
+        user: User,
         tokens: Mapping[str, str] | None,
         limits: ServerLimits,
         encoder: EventEncoder,
@@ -435,7 +351,7 @@ class _Connection:
                     user_id=user_id, thread_id=op.thread_id, states=op.states, limit=op.limit
                 )
             case History():
-                return await rt.history(op.task_id, after=op.after, limit=op.limit, user_id=user_id)
+                return await self._history(op)
             case Subscribe():
                 return await self._subscribe(frame.id, op)
             case Unsubscribe():
@@ -449,6 +365,16 @@ class _Connection:
         if self._tokens is not None and user_for_token(self._tokens, op.token) != self.user_id:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "this token is not the connection's user's")
         return {"user_id": self.user_id}
+
+    async def _history(self, op: History) -> Any:
+        """A task's events after ``op.after``; ``bad_request`` if that is past its last one."""
+        events = await self.rt.history(
+            op.task_id, after=op.after, limit=op.limit, user_id=self.user_id
+        )
+        if not events and op.after > 0:
+            # (only an empty page can mean "past the end": the common case reads once)
+            await self._check_after(op.task_id, op.after)
+        return events
 
     async def _usage(self, op: Usage) -> Any:
         """Token usage of a thread, counting only this user's tasks."""

@@ -53,6 +53,7 @@ from ..model._records import (
     TaskState,
     UsageRecord,
 )
+from ..model._validate import check_int, check_json, check_text
 from ._writer import CommitListener, PendingWrite, StorageActor, TaskDraft
 
 T = TypeVar("T")
@@ -171,6 +172,7 @@ class Store:
         return result
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
+        check_text(task_id=task_id)
         return await self._read(self.backend.get_task, task_id)
 
     async def list_tasks(
@@ -186,6 +188,10 @@ class Store:
     ) -> list[TaskRecord]:
         """Tasks matching every given filter, oldest first (``owner``: the
         node holding their lease)."""
+        check_text(
+            user_id=user_id, thread_id=thread_id, parent_id=parent_id, name=name, owner=owner
+        )
+        check_int(limit=limit)
         query = TaskFilter(
             user_id=user_id,
             thread_id=thread_id,
@@ -207,12 +213,14 @@ class Store:
 
     async def list_claimable(self, node_id: str) -> list[TaskRecord]:
         """Pending or running tasks that node_id may claim now."""
+        check_text(node_id=node_id)
         return await self._read(self.backend.list_claimable, node_id, self.clock.now())
 
     async def update_status(
         self, task_id: str, status: TaskState, error: str | None = None
     ) -> bool:
         """Set a task's state (unfenced); False when no such task exists."""
+        check_text(task_id=task_id, error=error)
         outcome = await self.execute(UpdateStatus(task_id, status, error))
         return outcome is not None
 
@@ -225,6 +233,7 @@ class Store:
         states: Iterable[TaskState] | None = None,
     ) -> TaskRecord:
         """Own a task for ``lease`` seconds; the epoch grows. See ClaimTask."""
+        check_text(task_id=task_id, node_id=node_id)
         record: TaskRecord = await self.execute(
             ClaimTask(
                 task_id,
@@ -237,6 +246,7 @@ class Store:
 
     async def renew_leases(self, node_id: str, lease: float) -> int:
         """Extend the node's lease and its tasks' leases; returns how many tasks."""
+        check_text(node_id=node_id)
         # Ahead of the queue: a backlog of writes must not let the leases lapse.
         pending = self._writer.submit_urgent(RenewLeases(node_id, self.clock.now() + lease))
         count = await pending.wait()
@@ -245,18 +255,22 @@ class Store:
 
     async def release_tasks(self, node_id: str, task_ids: Sequence[str] | None = None) -> int:
         """Let go of the node's tasks (all when task_ids is None)."""
+        check_text(node_id=node_id)
         count: int = await self.execute(
             ReleaseTasks(node_id, tuple(task_ids) if task_ids is not None else None)
         )
         return count
 
     async def register_node(self, node_id: str, lease: float, info: Any = None) -> None:
+        check_text(node_id=node_id)
+        check_json(info=info)
         now = self.clock.now()
         await self.execute(
             RegisterNode(NodeRecord(node_id, now, now + lease, _codec.encode(info or {})))
         )
 
     async def remove_node(self, node_id: str) -> None:
+        check_text(node_id=node_id)
         await self.execute(RemoveNode(node_id))
 
     async def list_nodes(self) -> list[NodeRecord]:
@@ -268,6 +282,8 @@ class Store:
         self, task_id: str, after: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         """A task's events with seq > after, in seq order."""
+        check_text(task_id=task_id)
+        check_int(after=after, limit=limit)
         return await self._read(self.backend.read_events, task_id, after, limit)
 
     async def get_result(self, task_id: str) -> Any:
@@ -276,6 +292,7 @@ class Store:
         Raises:
             RecordNotFoundError: no result is stored for the task.
         """
+        check_text(task_id=task_id)
         text = await self._read(self.backend.get_result, task_id)
         if text is None:
             raise RecordNotFoundError(task_id)
@@ -283,22 +300,28 @@ class Store:
 
     async def set_result(self, task_id: str, result: Any) -> None:
         """Store a result for a task (unfenced)."""
+        check_text(task_id=task_id)
+        check_json(result=result)
         await self.write(TaskWrite(task_id, result=_codec.encode(result)))
 
     async def get_exception(self, task_id: str) -> ExceptionRecord | None:
         """The stored exception of a task, if any."""
+        check_text(task_id=task_id)
         return await self._read(self.backend.get_exception, task_id)
 
     async def set_exception(self, task_id: str, exception: BaseException | ExceptionRecord) -> None:
         """Store an exception for a task (unfenced): type, message, traceback."""
+        check_text(task_id=task_id)
         if isinstance(exception, BaseException):
             exception = exception_record(exception)
         await self.write(TaskWrite(task_id, exception=exception))
 
     async def read_journal(self, task_id: str) -> list[JournalEntry]:
+        check_text(task_id=task_id)
         return await self._read(self.backend.read_journal, task_id)
 
     async def list_inbox(self, task_id: str) -> list[InboxItem]:
+        check_text(task_id=task_id)
         return await self._read(self.backend.list_inbox, task_id)
 
     async def read_journals(self, task_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
@@ -319,6 +342,7 @@ class Store:
         """Token usage of a thread: total_tokens, total_input_tokens,
         total_output_tokens, total_runs, by_model, by_caller. Only finished
         tasks count unless include_active; only ``user_id``'s tasks when given."""
+        check_text(thread_id=thread_id, user_id=user_id)
         return await self._read(
             self.backend.aggregate_tokens_by_thread, thread_id, include_active, user_id
         )
@@ -326,6 +350,7 @@ class Store:
     # -- keyed state with TTL (the interrupt backend) ---------------------------
     async def set_task_state(self, key: str, state: TaskState, ttl: float | None = 3600) -> None:
         """Set the state of ``key``, expiring after ``ttl`` seconds (trio's clock)."""
+        check_text(key=key)
         await self.execute(SetKeyState(key, state.value, ttl))
 
     async def compare_and_set_state(
@@ -338,6 +363,7 @@ class Store:
     ) -> bool:
         """Atomically set ``key`` to new_state if its state is expected_state
         (or, with negate, is not). A missing or expired key has no state."""
+        check_text(key=key)
         changed: bool = await self.execute(
             CompareAndSetKeyState(key, new_state.value, expected_state.value, negate, ttl)
         )
@@ -345,33 +371,42 @@ class Store:
 
     async def get_task_state(self, key: str) -> TaskState | None:
         """The state of ``key``; None when missing or expired."""
+        check_text(key=key)
         value = await self._read(self.backend.get_key_state, key, self.clock.now())
         return TaskState(value) if value is not None else None
 
     async def delete_task_state(self, key: str) -> None:
+        check_text(key=key)
         await self.execute(DeleteKeyState(key))
 
     # -- workflow data and deterministic values ---------------------------------
     async def set_workflow_data(self, workflow_id: str, key: str, value: Any) -> None:
+        check_text(workflow_id=workflow_id, key=key)
+        check_json(value=value)
         await self.execute(SetWorkflowData(workflow_id, key, _codec.encode(value)))
 
     async def get_workflow_data(self, workflow_id: str, key: str, default: Any = None) -> Any:
+        check_text(workflow_id=workflow_id, key=key)
         text = await self._read(self.backend.get_workflow_data, workflow_id, key)
         return default if text is None else _codec.decode(text)
 
     async def set_workflow_deterministic_value(
         self, workflow_id: str, key: str, value: Any
     ) -> None:
+        check_text(workflow_id=workflow_id, key=key)
+        check_json(value=value)
         await self.execute(SetDeterministicValue(workflow_id, key, _codec.encode(value)))
 
     async def get_workflow_deterministic_value(self, workflow_id: str, key: str) -> Any:
         """The stored value, or None."""
+        check_text(workflow_id=workflow_id, key=key)
         text = await self._read(self.backend.get_deterministic_value, workflow_id, key)
         return None if text is None else _codec.decode(text)
 
     # -- publish / subscribe ------------------------------------------------
     async def publish_event(self, channel: str, message: str) -> None:
         """Deliver message to every current subscriber of channel (this process)."""
+        check_text(channel=channel, message=message)
         for subscription in list(self._channels.get(channel, ())):
             try:
                 subscription._send.send_nowait(message)
@@ -381,6 +416,7 @@ class Store:
 
     def subscribe_listen(self, channel: str) -> Subscription:
         """Messages published on channel from now on, as an async iterator."""
+        check_text(channel=channel)
         if self._closed:
             raise StorageClosedError("the store is closed")
         subscription = Subscription(self, channel)

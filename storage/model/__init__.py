@@ -54,10 +54,23 @@ from ._records import TaskFilter as TaskFilter
 from ._records import TaskRecord as TaskRecord
 from ._records import TaskState as TaskState
 from ._records import UsageRecord as UsageRecord
+from ._validate import MAX_INT as MAX_INT
+from ._validate import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from ._validate import MIN_INT as MIN_INT
+from ._validate import InvalidValueError as InvalidValueError
+from ._validate import check_int as check_int
+from ._validate import check_json as check_json
+from ._validate import check_text as check_text
+from ._validate import storable_int as storable_int
+from ._validate import storable_json as storable_json
+from ._validate import storable_text as storable_text
 
 __all__ = [
     "ACTIVE_STATES",
     "INFLIGHT_STATES",
+    "MAX_INT",
+    "MAX_JSON_DEPTH",
+    "MIN_INT",
     "TERMINAL_STATES",
     "BackendUnavailableError",
     "ClaimTask",
@@ -71,6 +84,7 @@ __all__ = [
     "EventLike",
     "ExceptionRecord",
     "InboxItem",
+    "InvalidValueError",
     "InvalidWriteError",
     "JournalEntry",
     "JournalWrite",
@@ -97,6 +111,9 @@ __all__ = [
     "TaskWriteResult",
     "UpdateStatus",
     "UsageRecord",
+    "check_int",
+    "check_json",
+    "check_text",
     "claimable",
     "converter",
     "decide_claim",
@@ -109,4 +126,7 @@ __all__ = [
     "lease_holds",
     "owned_by",
     "quote",
+    "storable_int",
+    "storable_json",
+    "storable_text",
 ]

@@ -369,3 +369,34 @@ async def test_an_error_in_the_block_comes_out_unwrapped(nursery: trio.Nursery) 
     with pytest.raises(KeyError):
         async with open_client(url):
             raise KeyError("mine")
+
+
+def test_the_client_names_that_clashed_with_storage_keep_their_old_names_as_aliases() -> None:
+    import storage
+    from actors import client
+
+    assert client.ConflictError is client.ClientConflictError
+    assert client.Subscription is client.ClientSubscription
+    assert client.ClientConflictError is not storage.ConflictError
+    assert client.ClientSubscription is not storage.Subscription
+    assert client.error_from_reply({"code": "conflict", "message": "m"}).__class__ is (
+        client.ClientConflictError
+    )
+
+
+def test_import_actors_leaves_the_websocket_stack_unloaded() -> None:
+    """Issue #18: ``import actors`` (and the wire names) load no trio_websocket or
+    wsproto; only ``actors.Client``, ``actors.serve_websocket``... do. (ssl comes with trio.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, actors, actors.core._wire;"
+        " print(sorted({'trio_websocket', 'wsproto'} & set(sys.modules)));"
+        " actors.Client;"
+        " print(sorted({'trio_websocket', 'wsproto'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split("\n")[:2] == ["[]", "['trio_websocket', 'wsproto']"]

@@ -100,7 +100,7 @@ def test_the_request_id_is_echoed_when_it_can_be_read() -> None:
     ("frame", "code", "message"),
     [
         ("{", ErrorCode.BAD_JSON, "malformed JSON"),
-        ("[" * 100_000, ErrorCode.BAD_JSON, "malformed JSON"),
+        ("[" * 100_000, ErrorCode.BAD_REQUEST, "nested deeper than 64 levels"),
         ('{"op": "list", "limit": Infinity}', ErrorCode.BAD_JSON, "Infinity is not JSON"),
         (b"{}", ErrorCode.BAD_JSON, "binary"),
         ('"list"', ErrorCode.BAD_REQUEST, "a request is a JSON object"),
@@ -351,3 +351,48 @@ async def test_close_drops_everything_and_wakes_the_writer() -> None:
     await outbox.wait_room()
     with pytest.raises(trio.ClosedResourceError):
         await outbox.get()
+
+
+# -- text and numbers the store cannot keep (issue #17) ---------------------------------------
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ('{"op": "get", "task_id": "\\ud800"}', "get.task_id: text that cannot be stored"),
+        ('{"op": "get", "task_id": "ab\\uDFFF"}', "(lone surrogate at 2)"),
+        ('{"op": "submit", "name": "n", "input": {"a": ["\\ud801"]}}', "submit.input['a'][0]:"),
+        ('{"op": "submit", "name": "n", "input": 1, "metadata": {"\\udc00": 1}}', "key "),
+        ('{"op": "auth", "token": "\\ud800"}', "auth.token:"),
+        ('{"op": "get", "task_id": "\ud800"}', "get.task_id:"),  # (a str, not from a socket)
+        (
+            '{"op": "history", "task_id": "t", "after": 9223372036854775808}',
+            "<= 9223372036854775807",
+        ),
+        ('{"op": "subscribe", "after": {"t": 9223372036854775808}}', "<= 9223372036854775807"),
+    ],
+)
+def test_unstorable_text_and_seqs_are_bad_requests_naming_the_field(
+    frame: str, message: str
+) -> None:
+    with pytest.raises(ProtocolError) as error:
+        parse_frame(frame)
+    assert error.value.code is ErrorCode.BAD_REQUEST
+    assert message in error.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\ud83d\\ude00",  # a surrogate pair: an emoji
+        "\\\\ud800",  # an escaped backslash, then the letters ud800
+        "é😀",
+    ],
+)
+def test_text_that_only_looks_unstorable_is_accepted(text: str) -> None:
+    frame = parse_frame('{"op": "get", "task_id": "' + text + '"}')
+    assert isinstance(frame.op, Get)
+    frame.op.task_id.encode("utf-8")
+
+
+def test_the_largest_seq_is_accepted() -> None:
+    frame = parse_frame('{"op": "history", "task_id": "t", "after": 9223372036854775807}')
+    assert isinstance(frame.op, History) and frame.op.after == (1 << 63) - 1
