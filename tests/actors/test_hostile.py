@@ -498,8 +498,9 @@ def random_frame(rng: random.Random, targets: Targets) -> Hostile:
         value = rng.choice(WRONG_VALUES)
         hostile = {**frame, field: value}
         # A string field given a string stays well-typed (it may still be refused).
+        # ``after`` takes a seq or (subscribing to all tasks) an object of seqs.
         same_type = type(value) is type(frame[field]) or (
-            isinstance(value, dict) and field == "after"
+            field == "after" and (isinstance(value, dict) or type(value) is int)
         )
         expect = None if same_type else frozenset({"bad_request"})
         return Hostile(f"{name} {field}={value!r}", json.dumps(hostile), expect)
