@@ -35,10 +35,10 @@ The backend is three classes, one a module: ``SQLiteConnections``
 mapped), ``SQLiteWrites`` on it (``_writes.py``: the batch's transaction,
 the rows kept for plans, the writer process's hooks), and ``SQLiteBackend``
 on that (here: the reads). The schema and its migrations are in
-``_schema.py``, the SQL of each command in ``_commands.py``; the writer
-process in ``_process.py`` (the parent's end) and ``_child.py``. Rows
-are tuples; they map to records by ``_rows.RowMapper`` (the columns are
-the records' fields, in order).
+``_schema.py``, the decisions of each command in ``_commands.py`` and
+their SQL in ``_statements.py``; the writer process in ``_process.py``
+(the parent's end) and ``_child.py``. Rows are tuples; they map to records
+by ``_rows.RowMapper`` (the columns are the records' fields, in order).
 """
 
 from __future__ import annotations
@@ -63,17 +63,9 @@ from ..model._records import (
     TaskState,
 )
 from ..model._usage import aggregate_usage
-from ._commands import (
-    EVENTS,
-    EXCEPTIONS,
-    JOURNAL,
-    NODES,
-    TASK_COLUMNS,
-    TASKS,
-    key_state,
-    select_task,
-)
+from ._commands import key_state
 from ._rows import RowMapper
+from ._statements import EVENTS, EXCEPTIONS, JOURNAL, NODES, TASK_COLUMNS, TASKS, select_task
 from ._writes import SQLiteWrites
 
 _INBOX = RowMapper(InboxItem)

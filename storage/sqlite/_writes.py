@@ -23,9 +23,10 @@ from .._backend import WriteRunner
 from .._worker import open_thread_runner
 from ..model._commands import ClaimTask, Command, CreateTask, TaskWrite, UpdateStatus
 from ..model._errors import StorageError
-from ._commands import WriteBatch, task_ids
+from ._commands import WriteBatch
 from ._connections import SQLiteConnections, _rollback_quietly
 from ._process import open_writer_process
+from ._statements import task_ids
 
 #: The commands that change one task, named by its id (``task_ids``).
 _ONE_TASK_COMMANDS = (CreateTask, TaskWrite, ClaimTask, UpdateStatus)
