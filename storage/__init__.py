@@ -8,14 +8,14 @@ from ._clock import Clock as Clock
 from ._clock import on_virtual_time as on_virtual_time
 from ._open import backend_from_url as backend_from_url
 from ._open import open as open
+from .actor._pending import READY as READY
+from .actor._pending import PendingWrite as PendingWrite
+from .actor._pending import TaskDraft as TaskDraft
 from .actor._store import Store as Store
 from .actor._store import Subscription as Subscription
 from .actor._store import exception_record as exception_record
 from .actor._store import open_store as open_store
-from .actor._writer import READY as READY
-from .actor._writer import PendingWrite as PendingWrite
 from .actor._writer import StorageActor as StorageActor
-from .actor._writer import TaskDraft as TaskDraft
 from .model._codec import converter as converter
 from .model._codec import decode as decode
 from .model._codec import encode as encode

@@ -54,7 +54,8 @@ from ..model._records import (
     UsageRecord,
 )
 from ..model._validate import check_int, check_json, check_text
-from ._writer import CommitListener, PendingWrite, StorageActor, TaskDraft
+from ._pending import PendingWrite, TaskDraft
+from ._writer import CommitListener, StorageActor
 
 T = TypeVar("T")
 

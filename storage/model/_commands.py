@@ -76,7 +76,7 @@ class JournalWrite(NamedTuple):
 class TaskWrite:
     """An atomic, fenced update of one task.
 
-    The one command that is not frozen: a ``TaskDraft`` (``_writer.py``) is a
+    The one command that is not frozen: a ``TaskDraft`` (``actor/_pending.py``) is a
     TaskWrite that its owner fills while it waits in the queue, and that the
     storage actor then takes as it is (issue #5: copying each draft into a
     frozen TaskWrite was a tenth of the storage actor's time). Do not change

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..model._errors import BackendUnavailableError, InvalidWriteError, StorageError
-from . import _commands as _sqlite_commands
+from . import _statements
 from ._backend import SQLiteBackend
 from ._pipe import _HEADER, APPLIED, APPLY, FAILED, OK, PLAN, RESUME, STALE, _frame
 
@@ -120,7 +120,7 @@ def child_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # No GIL to share here: more statements of fewer rows, each quick to
     # compile (the first batch of 4,096 new tasks waited 56 ms for it).
-    _sqlite_commands.STATEMENT_SIZES = _CHILD_STATEMENT_SIZES
+    _statements.STATEMENT_SIZES = _CHILD_STATEMENT_SIZES
     path, journal_mode, synchronous, busy_timeout = argv
     backend = SQLiteBackend(
         path, journal_mode=journal_mode, synchronous=synchronous, busy_timeout=float(busy_timeout)

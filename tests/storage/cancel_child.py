@@ -17,7 +17,7 @@ import trio
 
 import storage
 from storage import NewEvent, TaskRecord, TaskState, TaskWrite
-from storage.actor._writer import PendingWrite
+from storage.actor._pending import PendingWrite
 
 
 def _succeeded(write: PendingWrite) -> bool:

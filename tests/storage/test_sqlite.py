@@ -40,7 +40,7 @@ from storage import (
     TaskWriteResult,
     UsageRecord,
 )
-from storage.sqlite import _backend as _sqlite
+from storage.sqlite import _connections as _sqlite  # (where open migrates)
 from storage.sqlite._backend import SQLiteBackend
 from storage.sqlite._commands import WriteBatch
 from storage.sqlite._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION

@@ -84,7 +84,7 @@ async def test_many_waiters_of_one_write_all_wake_with_its_outcome(
     # Writers park with trio's private message when it is there, else with
     # trio's public wait: both wake every waiter with the write's outcome.
     if not private_message:
-        monkeypatch.setattr("storage.actor._writer._PARK", None)
+        monkeypatch.setattr("storage.actor._pending._PARK", None)
     await put(store, make_task("t1"))
     pending = store.execute_nowait(TaskWrite("t1", events=(NewEvent("a"),)))
     refused = store.execute_nowait(TaskWrite("t1", epoch=99, events=(NewEvent("x"),)))
