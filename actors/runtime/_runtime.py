@@ -1,5 +1,8 @@
 """Runtime: the API an embedding application calls, and open_runtime.
 
+Why this module is long: it is the public runtime API, one method per
+operation of DESIGN.md with its docstring; the node's duties live in _node.py.
+
 Theory of operation
 -------------------
 ``Runtime`` is a ``Node`` (``_node``: the node duties and the table of

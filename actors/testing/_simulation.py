@@ -36,6 +36,7 @@ import trio
 import trio.testing
 
 import storage
+from storage._compat import scheduler_random
 
 from ..core._errors import ActorsError
 from ..core._messages import Request, Signal
@@ -352,7 +353,7 @@ def run_simulation(seed: int, *, tasks: int = 4, operations: int = 40) -> Simula
         SimulationFailure: an invariant was violated (the message names the seed).
     """
     # trio shuffles runnable batches with this generator: seed it for a replayable run.
-    scheduler_rng = trio._core._run._r
+    scheduler_rng = scheduler_random() or random.Random()  # (None: trio changed it)
     saved_scheduler, saved_global = scheduler_rng.getstate(), random.getstate()
     scheduler_rng.seed(seed)
     random.seed(seed)

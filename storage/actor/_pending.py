@@ -27,6 +27,7 @@ import attrs
 import outcome
 import trio
 
+from .._compat import park_message
 from ..model._commands import Command, JournalWrite, TaskWrite
 from ..model._errors import StorageError
 from ..model._records import EventLike, TaskState, UsageRecord
@@ -61,14 +62,10 @@ def _park_message() -> object | None:
     live as long as the wait (a batch), six times a task, and that the
     collector walks (issue #5). The message is immutable and our abort
     function is always the same, so one serves every wait. It is trio's
-    private class: if it is gone, waits go through the public function.
+    private class (``storage._compat``): if it is gone, waits go through the
+    public function.
     """
-    try:
-        from trio._core._traps import WaitTaskRescheduled
-
-        return WaitTaskRescheduled(_refuse_abort)
-    except Exception:  # pragma: no cover - another trio
-        return None
+    return park_message(_refuse_abort)
 
 
 _PARK = _park_message()
